@@ -1,0 +1,1 @@
+"""Torch models: towers, cross networks, ranker, losses, training loops and model metrics."""

@@ -1,0 +1,59 @@
+"""Typed, frozen configs of the retriever and ranker models."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RetrieverConfig(_Frozen):
+    """Dual-tower retriever trained with InfoNCE."""
+
+    dim: int = Field(64, ge=2)  # D: output dim of both towers == FAISS index dim
+    field_dim: int = Field(32, ge=2)  # width of each hashed-field embedding
+    hidden: list[int] = Field(default_factory=lambda: [128])  # tower MLP hidden sizes
+    temperature: float = Field(0.05, gt=0.0)  # tau of the softmax
+    logq_correction: bool = True
+    remove_accidental_hits: bool = True
+    mixed_negatives: int = Field(0, ge=0)  # B': extra uniformly sampled items per batch
+    use_text: bool = True
+    use_image: bool = True
+    batch_size: int = Field(512, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    epochs: int = Field(5, ge=1)
+    patience: int = Field(2, ge=1)
+    warm_start: bool = True
+    top_k: int = Field(100, ge=1)  # candidates per user
+    exclude_purchased: bool = True
+
+
+class RankerConfig(_Frozen):
+    """DCN-Mix ranker and its baselines (same code path)."""
+
+    model: Literal["lr", "fm", "dcnv2", "dcnmix"] = "dcnmix"
+    structure: Literal["stacked", "parallel", "crossnet_only"] = "stacked"
+    field_dim: int = Field(16, ge=2)
+    cross_layers: int = Field(2, ge=1)  # L
+    experts: int = Field(4, ge=1)  # K
+    rank: int = Field(32, ge=1)  # R
+    gate: Literal["softmax", "sigmoid", "constant"] = "softmax"
+    activation: Literal["identity", "relu", "tanh", "hard_tanh"] = "tanh"  # g
+    inner_matrix: bool = True  # C_i on/off
+    mlp: list[int] = Field(default_factory=lambda: [256, 128])
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    batch_norm: bool = False
+    batch_size: int = Field(1024, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    l2_embedding: float = Field(1e-6, ge=0.0)
+    grad_clip: float = Field(10.0, gt=0.0)
+    epochs: int = Field(5, ge=1)
+    patience: int = Field(2, ge=1)
+    amp: bool = True  # autocast + GradScaler, CUDA only
+    ddp: bool = False  # torchrun data-parallel
+    quantize_int8: bool = False  # dynamic INT8 Linear layers for CPU scoring
+    warm_start: bool = True

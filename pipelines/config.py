@@ -1,0 +1,160 @@
+"""The one config of a run: per-stage sub-configs, loaded from YAML plus `section.key=value` overrides.
+
+Each stage receives only its own sub-config. Unknown keys anywhere are errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from features.config import ColumnsConfig, EmbeddingsConfig, FeaturesConfig, SamplingConfig
+from models.config import RankerConfig, RetrieverConfig
+from retrieval.config import IndexConfig
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(_Frozen):
+    """Where inputs are read and outputs written, and the time windows of a run."""
+
+    dir: Path = Path("data/synthetic")  # input root: events/dt=*/, users.parquet, items.parquet
+    out: Path = Path("out")  # output root: <out>/<dataset>/dt=YYYY-MM-DD/
+    train_window_days: int = Field(14, ge=1)  # W: days up to and including the run date D
+    history_lookback_days: int = Field(30, ge=1)  # events read before the window for history features
+
+
+class PublishConfig(_Frozen):
+    """What the nightly run publishes."""
+
+    candidates: bool = True
+    scores: bool = True
+    keep_days: int | None = Field(None, ge=1)  # None: never delete old partitions
+
+
+class RuntimeConfig(_Frozen):
+    """Seeds, devices and orchestration."""
+
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    runner: Literal["local", "dask"] = "local"
+    dask_address: str | None = None  # tcp://host:8786 of an existing cluster
+    cron: str = "0 2 * * *"  # nightly schedule (deployment timezone below)
+    timezone: str = "UTC"
+    task_retries: int = Field(2, ge=0)  # retries of IO tasks
+    task_retry_delay_s: float = Field(5.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _dask_address(self) -> RuntimeConfig:
+        if self.dask_address is not None and self.runner != "dask":
+            raise ValueError("runtime.dask_address is set but runtime.runner is not 'dask'; fix: set both")
+        return self
+
+
+class Config(_Frozen):
+    data: DataConfig = DataConfig()
+    columns: ColumnsConfig = ColumnsConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    embeddings: EmbeddingsConfig = EmbeddingsConfig()
+    retriever: RetrieverConfig = RetrieverConfig()
+    index: IndexConfig = IndexConfig()
+    ranker: RankerConfig = RankerConfig()
+    publish: PublishConfig = PublishConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema; the message names the key and the fix."""
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `section.key=value` (a leading `--` is allowed) into a key path and a YAML-parsed value.
+
+    >>> parse_override("--ranker.experts=8")
+    (['ranker', 'experts'], 8)
+    >>> parse_override("features.crosses=[[a, b]]")
+    (['features', 'crosses'], [['a', 'b']])
+    """
+    body = text[2:] if text.startswith("--") else text
+    if "=" not in body:
+        raise ConfigError(f"override {text!r} has no '='; fix: write it as --section.key=value")
+    key, raw = body.split("=", 1)
+    path = [p for p in key.split(".") if p]
+    if len(path) < 2:
+        raise ConfigError(f"override {text!r} names no section; fix: write it as --section.key=value")
+    return path, yaml.safe_load(raw) if raw != "" else None
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {'.'.join(path)}: {part!r} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def load_config(path: Path | str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML config (or the defaults when `path` is None) and apply `section.key=value` overrides.
+
+    >>> load_config(overrides=["--ranker.experts=8"]).ranker.experts
+    8
+    """
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; fix: pass an existing YAML file")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections at the top")
+        tree = loaded
+    for text in overrides:
+        key_path, value = parse_override(text)
+        _set_path(tree, key_path, value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        where = f"config file {path}" if path is not None else "config"
+        lines = []
+        for e in err.errors():
+            loc = ".".join(str(p) for p in e["loc"])
+            fix = "remove it (unknown key)" if e["type"] == "extra_forbidden" else "correct the value"
+            lines.append(f"{where}: {loc}: {e['msg']}; fix: {fix}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """The resolved config as plain JSON-able data (paths as strings, tuples as lists)."""
+    return json.loads(cfg.model_dump_json())
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def config_hash(cfg: Config) -> str:
+    """Stable 16-hex-digit hash of the resolved config (canonical JSON, sorted keys)."""
+    payload = json.dumps(config_to_dict(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def parse_date(text: str | date) -> date:
+    if isinstance(text, date):
+        return text
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"date {text!r} is not YYYY-MM-DD; fix: pass e.g. 2024-03-01") from None

@@ -1,0 +1,438 @@
+"""The only module that knows paths, partition layout, atomic writes and manifests.
+
+Inputs (the data contract, docs/data-contract.md)::
+
+    <data>/events/dt=YYYY-MM-DD/*.parquet
+    <data>/users.parquet
+    <data>/items.parquet
+
+Outputs::
+
+    <out>/<dataset>/dt=YYYY-MM-DD/<name>.parquet   (plus model files, _config.json)
+    <out>/<dataset>/dt=YYYY-MM-DD/_manifest.json   (written last: a partition without it is not committed)
+    <out>/<dataset>/_latest.json                   (newest complete date, replaced atomically)
+
+A partition is staged whole in `<out>/<dataset>/.staging-dt=...-<run>/` and committed by renames: the
+old partition (if any) is moved to `.replaced-dt=...-<run>/`, the staged one takes its place, the old one
+is deleted. A crash between the two renames leaves the old partition in `.replaced-*`, and the next write or
+read of that date puts it back. Hive readers (polars, pyarrow, DuckDB, Spark) skip names starting with `.`
+or `_`, so they never see staging folders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+log = logging.getLogger(__name__)
+
+EVENTS_DIR = "events"
+USERS_FILE = "users.parquet"
+ITEMS_FILE = "items.parquet"
+MANIFEST = "_manifest.json"
+CONFIG_FILE = "_config.json"
+LATEST = "_latest.json"
+_DT_RE = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def users_path(data: Path) -> Path:
+    return Path(data) / USERS_FILE
+
+
+def items_path(data: Path) -> Path:
+    return Path(data) / ITEMS_FILE
+
+
+def events_root(data: Path) -> Path:
+    return Path(data) / EVENTS_DIR
+
+
+def event_partition_dir(data: Path, dt: date) -> Path:
+    return events_root(data) / f"dt={dt.isoformat()}"
+
+
+def image_file(data: Path, rel: str) -> Path:
+    """Resolve an items.image_path value (relative to the data root)."""
+    return Path(data) / rel
+
+
+def event_files(data: Path) -> dict[date, list[Path]]:
+    """Parquet files of each event partition, by date, sorted. Folders not named dt=YYYY-MM-DD are skipped."""
+    root = events_root(data)
+    out: dict[date, list[Path]] = {}
+    if not root.is_dir():
+        return out
+    for sub in sorted(root.iterdir()):
+        m = _DT_RE.match(sub.name)
+        if not sub.is_dir() or not m:
+            continue
+        try:
+            dt = date.fromisoformat(m.group(1))
+        except ValueError:
+            continue
+        out[dt] = sorted(p for p in sub.glob("*.parquet") if p.is_file())
+    return out
+
+
+def stray_event_dirs(data: Path) -> list[Path]:
+    """Entries under events/ that are not dt=YYYY-MM-DD folders (reported by validation)."""
+    root = events_root(data)
+    if not root.is_dir():
+        return []
+    bad = []
+    for sub in sorted(root.iterdir()):
+        if sub.name.startswith((".", "_")):
+            continue
+        m = _DT_RE.match(sub.name)
+        ok = bool(m) and sub.is_dir()
+        if ok:
+            try:
+                date.fromisoformat(m.group(1))
+            except ValueError:
+                ok = False
+        if not ok:
+            bad.append(sub)
+    return bad
+
+
+def event_dates(data: Path) -> list[date]:
+    return sorted(event_files(data))
+
+
+_ID_COLS = ("user_id", "item_id")
+
+
+def _ids_as_string(lf: pl.LazyFrame, cols: tuple[str, ...]) -> pl.LazyFrame:
+    names = lf.collect_schema().names()
+    return lf.with_columns([pl.col(c).cast(pl.String) for c in cols if c in names])
+
+
+def scan_events(data: Path, start: date, end: date) -> pl.LazyFrame:
+    """Lazy scan of events with start <= dt <= end: user_id, item_id (strings), event, ts (UTC), dt (Date)."""
+    frames = []
+    for dt, files in event_files(data).items():
+        if not (start <= dt <= end):
+            continue
+        for f in files:
+            lf = _ids_as_string(pl.scan_parquet(f), _ID_COLS)
+            frames.append(
+                lf.select(
+                    "user_id",
+                    "item_id",
+                    "event",
+                    pl.col("ts").cast(pl.Datetime("us", "UTC")),
+                    pl.lit(dt).alias("dt"),
+                )
+            )
+    if not frames:
+        return pl.LazyFrame(
+            schema={
+                "user_id": pl.String,
+                "item_id": pl.String,
+                "event": pl.String,
+                "ts": pl.Datetime("us", "UTC"),
+                "dt": pl.Date,
+            }
+        )
+    return pl.concat(frames, how="vertical")
+
+
+def read_users(data: Path) -> pl.DataFrame:
+    return _ids_as_string(pl.scan_parquet(users_path(data)), ("user_id",)).collect()
+
+
+def read_items(data: Path) -> pl.DataFrame:
+    return _ids_as_string(pl.scan_parquet(items_path(data)), ("item_id",)).collect()
+
+
+def write_input_table(data: Path, which: str, df: pl.DataFrame) -> Path:
+    """Write users.parquet or items.parquet of an input data set (generator and importers), atomically."""
+    target = {"users": users_path(data), "items": items_path(data)}[which]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    df.write_parquet(tmp)
+    os.replace(tmp, target)
+    return target
+
+
+def write_input_events(data: Path, dt: date, df: pl.DataFrame, part: str = "part-0") -> Path:
+    """Write one event partition file of an input data set, atomically."""
+    d = event_partition_dir(data, dt)
+    d.mkdir(parents=True, exist_ok=True)
+    target = d / f"{part}.parquet"
+    tmp = d / f".{part}.{uuid.uuid4().hex}.tmp"
+    df.write_parquet(tmp)
+    os.replace(tmp, target)
+    return target
+
+
+def write_input_file(data: Path, rel: str, payload: bytes) -> Path:
+    """Write a file referenced by the inputs (e.g. a product image) under the data root."""
+    target = Path(data) / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(payload)
+    return target
+
+
+# ---------------------------------------------------------------- run metadata
+
+
+def code_revision() -> str:
+    """Git revision of the code (with '+dirty' when the work tree differs), or the package version."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        if rev.returncode == 0:
+            dirty = subprocess.run(
+                ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            )
+            return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return "release-" + version("recsys-pipeline")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What every output records about the run that made it."""
+
+    run_id: str
+    config_hash: str
+    code_revision: str
+    config: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def new(cls, config: dict[str, Any], config_hash: str, run_id: str | None = None) -> RunInfo:
+        return cls(run_id or uuid.uuid4().hex[:12], config_hash, code_revision(), config)
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def dataset_dir(out: Path, dataset: str) -> Path:
+    return Path(out) / dataset
+
+
+def partition_dir(out: Path, dataset: str, dt: date) -> Path:
+    return dataset_dir(out, dataset) / f"dt={dt.isoformat()}"
+
+
+def _recover(out: Path, dataset: str, dt: date) -> None:
+    """Put back a partition whose replacement crashed between the two renames of a commit."""
+    final = partition_dir(out, dataset, dt)
+    parent = final.parent
+    if not parent.is_dir():
+        return
+    leftovers = sorted(parent.glob(f".replaced-{final.name}-*"), key=lambda p: p.stat().st_mtime)
+    if not leftovers:
+        return
+    if not final.exists():
+        newest = leftovers.pop()
+        os.rename(newest, final)
+        log.warning("restored %s from an interrupted commit (%s)", final, newest.name)
+    for old in leftovers:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def is_committed(out: Path, dataset: str, dt: date) -> bool:
+    _recover(out, dataset, dt)
+    return (partition_dir(out, dataset, dt) / MANIFEST).is_file()
+
+
+def committed_dates(out: Path, dataset: str) -> list[date]:
+    root = dataset_dir(out, dataset)
+    if not root.is_dir():
+        return []
+    dates = []
+    for sub in root.iterdir():
+        m = _DT_RE.match(sub.name)
+        if m and (sub / MANIFEST).is_file():
+            dates.append(date.fromisoformat(m.group(1)))
+    return sorted(dates)
+
+
+def read_manifest(out: Path, dataset: str, dt: date) -> dict[str, Any]:
+    _recover(out, dataset, dt)
+    path = partition_dir(out, dataset, dt) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no committed partition {dataset}/dt={dt}; fix: run the stage that writes it for {dt}"
+        )
+    return json.loads(path.read_text())
+
+
+def committed_path(out: Path, dataset: str, dt: date, name: str) -> Path:
+    """Path of a file inside a committed partition (raises when the partition is not committed)."""
+    if not is_committed(out, dataset, dt):
+        raise FileNotFoundError(
+            f"{partition_dir(out, dataset, dt)}: no committed partition; "
+            f"fix: run the stage that writes {dataset} for {dt}"
+        )
+    return partition_dir(out, dataset, dt) / name
+
+
+def read_table(out: Path, dataset: str, dt: date, name: str = "part-0") -> pl.DataFrame:
+    return pl.read_parquet(committed_path(out, dataset, dt, f"{name}.parquet"))
+
+
+def scan_table(out: Path, dataset: str, dt: date, name: str = "part-0") -> pl.LazyFrame:
+    return pl.scan_parquet(committed_path(out, dataset, dt, f"{name}.parquet"))
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Replace a small JSON file atomically (temp file + fsync + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class StagedPartition:
+    """A partition being written; see `staged_partition`."""
+
+    def __init__(self, directory: Path, dataset: str, dt: date, run: RunInfo) -> None:
+        self.dir = directory
+        self.dataset = dataset
+        self.dt = dt
+        self.run = run
+        self.rows: dict[str, int] = {}
+        self.inputs: list[str] = []
+        self.extra: dict[str, Any] = {}
+
+    def path(self, name: str) -> Path:
+        """Path for a file the caller writes itself (e.g. torch.save); it is committed with the rest."""
+        return self.dir / name
+
+    def write_table(self, df: pl.DataFrame, name: str = "part-0") -> Path:
+        target = self.dir / f"{name}.parquet"
+        df.write_parquet(target, statistics=True)
+        self.rows[name] = df.height
+        return target
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        target = self.dir / name
+        target.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+        return target
+
+    def add_inputs(self, *names: str) -> None:
+        self.inputs.extend(names)
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "dt": self.dt.isoformat(),
+            "run_id": self.run.run_id,
+            "config_hash": self.run.config_hash,
+            "code_revision": self.run.code_revision,
+            "rows": self.rows,
+            "input_partitions": sorted(set(self.inputs)),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            **self.extra,
+        }
+
+
+@contextlib.contextmanager
+def staged_partition(out: Path, dataset: str, dt: date, run: RunInfo) -> Iterator[StagedPartition]:
+    """Stage a whole partition, then commit it atomically; on any exception nothing is committed.
+
+    Inside the block, write files with `stage.write_table`, `stage.write_json` or to `stage.path(name)`,
+    and add manifest fields to `stage.extra`. On exit the resolved config and `_manifest.json` (last) are
+    written and the partition replaces `<out>/<dataset>/dt=<dt>` whole.
+    """
+    root = dataset_dir(out, dataset)
+    root.mkdir(parents=True, exist_ok=True)
+    _recover(out, dataset, dt)
+    final = partition_dir(out, dataset, dt)
+    tag = f"{run.run_id}-{uuid.uuid4().hex[:6]}"
+    staging = root / f".staging-{final.name}-{tag}"
+    staging.mkdir()
+    stage = StagedPartition(staging, dataset, dt, run)
+    try:
+        yield stage
+        (staging / CONFIG_FILE).write_text(json.dumps(run.config, indent=2, sort_keys=True, default=str))
+        for f in staging.iterdir():  # data files reach the disk before the manifest names them
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        write_json_atomic(staging / MANIFEST, stage.manifest())
+        _fsync_dir(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    replaced = root / f".replaced-{final.name}-{tag}"
+    if final.exists():
+        os.rename(final, replaced)
+    os.rename(staging, final)
+    _fsync_dir(root)
+    shutil.rmtree(replaced, ignore_errors=True)
+    log.info("committed %s (%s)", final, stage.rows)
+
+
+def clean_staging(out: Path, dataset: str) -> int:
+    """Delete staging folders left by crashed runs; returns how many were removed."""
+    root = dataset_dir(out, dataset)
+    n = 0
+    for sub in root.glob(".staging-*") if root.is_dir() else []:
+        shutil.rmtree(sub, ignore_errors=True)
+        n += 1
+    return n
+
+
+def write_latest(out: Path, dataset: str, dt: date, extra: dict[str, Any] | None = None) -> None:
+    write_json_atomic(dataset_dir(out, dataset) / LATEST, {"dt": dt.isoformat(), **(extra or {})})
+
+
+def read_latest(out: Path, dataset: str) -> date | None:
+    path = dataset_dir(out, dataset) / LATEST
+    if not path.is_file():
+        return None
+    return date.fromisoformat(json.loads(path.read_text())["dt"])
+
+
+def write_report_file(out: Path, dt: date, name: str, payload: bytes | str) -> Path:
+    """Reports live in <out>/reports/dt=D/ and are replaced atomically file by file."""
+    d = partition_dir(out, "reports", dt)
+    d.mkdir(parents=True, exist_ok=True)
+    target = d / name
+    tmp = d / f".{name}.{uuid.uuid4().hex}.tmp"
+    tmp.write_bytes(payload.encode() if isinstance(payload, str) else payload)
+    os.replace(tmp, target)
+    return target
