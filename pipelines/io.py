@@ -12,11 +12,12 @@ Outputs::
     <out>/<dataset>/dt=YYYY-MM-DD/_manifest.json   (written last: a partition without it is not committed)
     <out>/<dataset>/_latest.json                   (newest complete date, replaced atomically)
 
-A partition is staged whole in `<out>/<dataset>/.staging-dt=...-<run>/` and committed by renames: the
-old partition (if any) is moved to `.replaced-dt=...-<run>/`, the staged one takes its place, the old one
-is deleted. A crash between the two renames leaves the old partition in `.replaced-*`, and the next write or
-read of that date puts it back. Hive readers (polars, pyarrow, DuckDB, Spark) skip names starting with `.`
-or `_`, so they never see staging folders.
+A partition is staged whole in `<out>/.staging/<dataset>/dt=...-<run>/` and committed by renames: the
+old partition (if any) is moved to `<out>/.staging/<dataset>/replaced-dt=...-<run>/`, the staged one takes
+its place, the old one is deleted. A crash between the two renames leaves the old partition in `replaced-*`,
+and the next write or read of that date puts it back. Staging lives outside `<out>/<dataset>/` (same file
+system, so renames stay atomic) because some readers (polars globs) do not skip hidden folders; the dataset
+folder only ever holds committed `dt=` partitions and `_`-prefixed JSON files that Parquet readers ignore.
 """
 
 from __future__ import annotations
@@ -243,13 +244,17 @@ def partition_dir(out: Path, dataset: str, dt: date) -> Path:
     return dataset_dir(out, dataset) / f"dt={dt.isoformat()}"
 
 
+def staging_dir(out: Path, dataset: str) -> Path:
+    return Path(out) / ".staging" / dataset
+
+
 def _recover(out: Path, dataset: str, dt: date) -> None:
     """Put back a partition whose replacement crashed between the two renames of a commit."""
     final = partition_dir(out, dataset, dt)
-    parent = final.parent
+    parent = staging_dir(out, dataset)
     if not parent.is_dir():
         return
-    leftovers = sorted(parent.glob(f".replaced-{final.name}-*"), key=lambda p: p.stat().st_mtime)
+    leftovers = sorted(parent.glob(f"replaced-{final.name}-*"), key=lambda p: p.stat().st_mtime)
     if not leftovers:
         return
     if not final.exists():
@@ -380,10 +385,12 @@ def staged_partition(out: Path, dataset: str, dt: date, run: RunInfo) -> Iterato
     """
     root = dataset_dir(out, dataset)
     root.mkdir(parents=True, exist_ok=True)
+    scratch = staging_dir(out, dataset)
+    scratch.mkdir(parents=True, exist_ok=True)
     _recover(out, dataset, dt)
     final = partition_dir(out, dataset, dt)
     tag = f"{run.run_id}-{uuid.uuid4().hex[:6]}"
-    staging = root / f".staging-{final.name}-{tag}"
+    staging = scratch / f"{final.name}-{tag}"
     staging.mkdir()
     stage = StagedPartition(staging, dataset, dt, run)
     try:
@@ -397,7 +404,7 @@ def staged_partition(out: Path, dataset: str, dt: date, run: RunInfo) -> Iterato
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    replaced = root / f".replaced-{final.name}-{tag}"
+    replaced = scratch / f"replaced-{final.name}-{tag}"
     if final.exists():
         os.rename(final, replaced)
     os.rename(staging, final)
@@ -408,9 +415,9 @@ def staged_partition(out: Path, dataset: str, dt: date, run: RunInfo) -> Iterato
 
 def clean_staging(out: Path, dataset: str) -> int:
     """Delete staging folders left by crashed runs; returns how many were removed."""
-    root = dataset_dir(out, dataset)
+    root = staging_dir(out, dataset)
     n = 0
-    for sub in root.glob(".staging-*") if root.is_dir() else []:
+    for sub in root.glob("dt=*") if root.is_dir() else []:
         shutil.rmtree(sub, ignore_errors=True)
         n += 1
     return n

@@ -1,0 +1,220 @@
+"""The `recsys` command line.
+
+Commands that take a config accept `--config FILE` and any number of `--section.key=value` overrides, e.g.
+`recsys nightly --date 2024-03-10 --ranker.experts=8 --data.out=/tmp/out`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from pipelines.config import ConfigError, config_to_yaml, load_config, parse_date
+
+app = typer.Typer(
+    name="recsys",
+    help="E-commerce recommendation pipeline: synthetic data, validation, nightly Prefect flows, reports.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (defaults if absent).")]
+
+
+def _overrides(ctx: typer.Context) -> list[str]:
+    bad = [a for a in ctx.args if not (a.startswith("--") and "=" in a and "." in a.split("=", 1)[0])]
+    if bad:
+        raise typer.BadParameter(f"unexpected arguments {bad}; overrides are written --section.key=value")
+    return list(ctx.args)
+
+
+def _config(config: Path | None, ctx: typer.Context, **set_: Any):  # noqa: ANN202
+    extra = [f"--{k}={v}" for k, v in set_.items() if v is not None]
+    try:
+        return load_config(config, [*_overrides(ctx), *extra])
+    except ConfigError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    """E-commerce recommendation pipeline."""
+    _setup_logging(verbose)
+
+
+@app.command()
+def generate(
+    data: Annotated[Path, typer.Option(help="Folder to write the data set into.")] = Path("data/synthetic"),
+    preset: Annotated[str, typer.Option(help="small (CI), medium (~1M events) or large (~20M events).")] = "small",
+    users: Annotated[int | None, typer.Option(help="Override the preset's number of users.")] = None,
+    items: Annotated[int | None, typer.Option(help="Override the preset's number of items.")] = None,
+    days: Annotated[int | None, typer.Option(help="Override the preset's number of days.")] = None,
+    start: Annotated[str | None, typer.Option(help="First day, YYYY-MM-DD.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+) -> None:
+    """Generate a synthetic e-commerce data set in the input contract (docs/synthetic-data.md)."""
+    from dataclasses import replace
+
+    from pipelines.synthetic import PRESETS, generate as run_generate
+
+    if preset not in PRESETS:
+        raise typer.BadParameter(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    spec = PRESETS[preset]
+    changes = {"users": users, "items": items, "days": days, "seed": seed}
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if start is not None:
+        changes["start"] = parse_date(start)
+    spec = replace(spec, **changes)
+    summary = run_generate(data, spec)
+    typer.echo(json.dumps(summary, indent=2, default=str))
+    typer.echo(f"data set written to {data}")
+
+
+@app.command(name="import", context_settings=_OVERRIDES)
+def import_(
+    kind: Annotated[str, typer.Argument(help="amazon | myntra | obd")],
+    src: Annotated[Path, typer.Option(help="Folder of the public data set.")],
+    data: Annotated[Path, typer.Option(help="Folder to write the converted data set into.")],
+) -> None:
+    """Convert a public data set layout into the input contract (docs/real-data.md)."""
+    from pipelines.adapters import IMPORTERS
+
+    if kind not in IMPORTERS:
+        raise typer.BadParameter(f"unknown kind {kind!r}; choose one of {sorted(IMPORTERS)}")
+    summary = IMPORTERS[kind](src, data)
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command(context_settings=_OVERRIDES)
+def validate(
+    ctx: typer.Context,
+    data: Annotated[Path | None, typer.Option(help="Input folder (default: data.dir of the config).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Check a data set against the contract; one line per problem; exit 1 when there is any error."""
+    from pipelines.validation import validate_data
+
+    cfg = _config(config, ctx, **{"data.dir": data})
+    report = validate_data(cfg.data.dir, cfg.columns)
+    for p in report.problems:
+        typer.echo(p.line(), err=p.level == "error")
+    typer.echo("# columns section in use (inferred where the config declares none):")
+    typer.echo(yaml.safe_dump({"columns": report.inferred.model_dump()}, sort_keys=False).rstrip())
+    n_err, n_warn = len(report.errors), len(report.warnings)
+    typer.echo(f"{cfg.data.dir}: {'OK' if report.ok else 'INVALID'} ({n_err} errors, {n_warn} warnings)")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _run_nightly(run_date: date, config: Path | None, overrides: list[str]) -> dict[str, Any]:
+    from flows.nightly import nightly as nightly_flow
+
+    state = nightly_flow(date=run_date.isoformat(), config_path=str(config) if config else None,
+                         overrides=overrides, return_state=True)
+    typer.echo(f"flow run final state: {state.type.value} ({state.name})")
+    if not state.is_completed():
+        try:
+            state.result()
+        except Exception as err:  # noqa: BLE001  (the flow's own error, printed for the user)
+            typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1)
+    return state.result()
+
+
+@app.command(context_settings=_OVERRIDES)
+def nightly(
+    ctx: typer.Context,
+    date_: Annotated[str, typer.Option("--date", help="Run date D, YYYY-MM-DD.")],
+    data: Annotated[Path | None, typer.Option(help="Input folder (overrides data.dir).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (overrides data.out).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Run the nightly Prefect flow for one day."""
+    run_date = parse_date(date_)
+    overrides = _overrides(ctx) + [f"--{k}={v}" for k, v in {"data.dir": data, "data.out": out}.items() if v]
+    _config(config, ctx, **{"data.dir": data, "data.out": out})  # fail fast on a bad config
+    summary = _run_nightly(run_date, config, overrides)
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command()
+def demo(
+    folder: Annotated[Path, typer.Option("--dir", help="Where the demo writes data/ and out/.")] = Path("demo"),
+    preset: Annotated[str, typer.Option(help="Synthetic preset.")] = "small",
+) -> None:
+    """Generate synthetic data and run the nightly flow for one day; print where everything is."""
+    from pipelines import io
+    from pipelines.synthetic import PRESETS, generate as run_generate
+
+    data, out = folder / "data", folder / "out"
+    spec = PRESETS[preset]
+    typer.echo(f"== generating the synthetic '{preset}' data set into {data}")
+    run_generate(data, spec)
+    dates = io.event_dates(data)
+    run_date = dates[-2] if len(dates) > 1 else dates[-1]  # leave D+1 for evaluation
+    typer.echo(f"== running the nightly flow for {run_date} (Prefect, ephemeral server)")
+    summary = _run_nightly(run_date, None, [f"--data.dir={data}", f"--data.out={out}"])
+    typer.echo(json.dumps(summary, indent=2, default=str))
+    typer.echo("== outputs")
+    for ds in sorted(p.name for p in out.iterdir() if p.is_dir()) if out.is_dir() else []:
+        part = io.partition_dir(out, ds, run_date)
+        if part.is_dir():
+            typer.echo(f"  {ds:<12} {part}")
+
+
+def _not_yet(name: str, issue: str) -> None:
+    typer.echo(f"recsys {name}: not available yet ({issue})", err=True)
+    raise typer.Exit(3)
+
+
+@app.command(context_settings=_OVERRIDES)
+def backfill(
+    start: Annotated[str, typer.Option(help="First date, YYYY-MM-DD.")] = "",
+    end: Annotated[str, typer.Option(help="Last date, YYYY-MM-DD.")] = "",
+) -> None:
+    """Run the nightly flow over a date range (not available yet)."""
+    _not_yet("backfill", "the operations issue adds it")
+
+
+@app.command(context_settings=_OVERRIDES)
+def report(date_: Annotated[str, typer.Option("--date", help="Report date, YYYY-MM-DD.")] = "") -> None:
+    """Build the evaluation report of a date (not available yet)."""
+    _not_yet("report", "the operations issue adds it")
+
+
+@app.command(context_settings=_OVERRIDES)
+def serve() -> None:
+    """Register and serve the scheduled deployments (not available yet)."""
+    _not_yet("serve", "the operations issue adds it")
+
+
+@app.command(name="config", context_settings=_OVERRIDES)
+def show_config(ctx: typer.Context, config: ConfigOpt = None) -> None:
+    """Print the resolved config (defaults + file + overrides) as YAML."""
+    typer.echo(config_to_yaml(_config(config, ctx)).rstrip())
+
+
+def _main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
