@@ -42,7 +42,7 @@ class ColumnsConfig(_Frozen):
 class FeaturesConfig(_Frozen):
     """mmh3 hash bucketing and point-in-time history features."""
 
-    hash_seed: int = 0  # seed of mmh3.hash (32-bit, signed); part of the bucket contract
+    hash_seed: int = Field(0, ge=0, lt=2**32)  # murmur3_x86_32 seed (unsigned); part of the bucket contract
     default_buckets: int = Field(1_000, ge=2)  # buckets of a categorical field not listed in `buckets`
     id_buckets: dict[str, int] = Field(
         default_factory=lambda: {"user_id": 200_000, "item_id": 100_000}
