@@ -443,3 +443,78 @@ def write_report_file(out: Path, dt: date, name: str, payload: bytes | str) -> P
     tmp.write_bytes(payload.encode() if isinstance(payload, str) else payload)
     os.replace(tmp, target)
     return target
+
+
+# ---------------------------------------------------------------- embedding cache and image inputs
+#
+# <out>/embeddings/_cache/<modality>/<model-slug>/chunk-<utc>-<uuid>.parquet
+#
+# Append-only: every chunk is written to a dot-named temp file, fsynced and renamed, so a reader sees
+# whole chunks or none. Columns: model_id (str), content_hash (str), emb (Array[Float32, D]). One folder per
+# model, because chunks of different models have different D. `_cache` is skipped by hive readers and is
+# not a dt= partition, so committed_dates() and clean_staging() never see it.
+
+EMBEDDING_CACHE_DIR = "_cache"
+
+
+def read_input_file(data: Path, rel: str) -> bytes | None:
+    """Bytes of a file referenced by the inputs (e.g. items.image_path), or None when it does not exist."""
+    path = image_file(data, rel)
+    try:
+        return path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+
+
+def _model_slug(model_id: str) -> str:
+    """Readable, filesystem-safe and collision-free folder name of a model id."""
+    import hashlib
+
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", model_id).strip("._")[:60]
+    return f"{readable}-{hashlib.sha256(model_id.encode()).hexdigest()[:8]}"
+
+
+def embedding_cache_dir(out: Path, modality: str, model_id: str) -> Path:
+    """Folder of the cache chunks of one modality ("text" / "image") and one model id."""
+    return dataset_dir(out, "embeddings") / EMBEDDING_CACHE_DIR / modality / _model_slug(model_id)
+
+
+def embedding_cache_files(out: Path, modality: str, model_id: str) -> list[Path]:
+    d = embedding_cache_dir(out, modality, model_id)
+    return sorted(d.glob("chunk-*.parquet")) if d.is_dir() else []
+
+
+def scan_embedding_cache(out: Path, modality: str, model_id: str) -> pl.LazyFrame | None:
+    """Lazy scan of the cached embeddings of one model: content_hash, emb; None when nothing is cached.
+
+    A content hash cached twice (two runs racing) keeps its newest chunk's row; both rows hold the same vector.
+    """
+    files = embedding_cache_files(out, modality, model_id)
+    if not files:
+        return None
+    return (
+        pl.scan_parquet(files)
+        .filter(pl.col("model_id") == model_id)
+        .select("content_hash", "emb")
+        .unique("content_hash", keep="last", maintain_order=True)
+    )
+
+
+def append_embedding_cache(out: Path, modality: str, model_id: str, df: pl.DataFrame) -> Path | None:
+    """Add one chunk (columns content_hash, emb) to the cache of a model, atomically; None when df is empty."""
+    if df.height == 0:
+        return None
+    missing = {"content_hash", "emb"} - set(df.columns)
+    if missing:
+        raise ValueError(f"append_embedding_cache: columns {sorted(missing)} are missing; fix: pass them")
+    d = embedding_cache_dir(out, modality, model_id)
+    d.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+    target = d / f"chunk-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
+    tmp = d / f".{target.name}.tmp"
+    df.select(pl.lit(model_id).alias("model_id"), "content_hash", "emb").write_parquet(tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)
+    _fsync_dir(d)
+    return target
