@@ -1,0 +1,371 @@
+"""The ranker: DCN-Mix (and full-rank DCN-V2) over an early-fusion input block, plus the LR and FM baselines.
+
+Every model built by `build_ranker` has the same contract, `forward(batch) -> logits [B] float32`, and the
+same `embedding_l2(batch)` used by the training loop, so training and evaluation share one code path.
+
+Input block (DCN models), all concatenated into x0: [B, N]:
+
+    fields   [B, F*D]  one embedding table for all hashed fields, field f at rows offsets[f] + sparse[:, f]
+    history  [B, D]    mean of the `hist_field` rows of `hist` (bucket 0 = padding, masked out)
+    counts   [B, C]    log1p event counts, as given
+    numeric  [B, M]    standardised numeric attributes, as given
+    text     [B, D]    has_text * sigmoid(a_t . p_t + c_t) * p_t,  p_t = P_t text   (Dt -> D projection)
+    image    [B, D]    has_image * sigmoid(a_i . p_i + c_i) * p_i, p_i = P_i image  (Di -> D projection)
+
+The per-modality gate is a sigmoid, so it stays in (0, 1) whatever the input, and the mask multiplies the
+gated vector: a missing modality adds exactly zero to x0 (and no gradient to its projection).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.config import RankerConfig
+from models.crossnet import CrossNetMix, CrossNetV2
+from models.inputs import Batch, FieldLayout
+
+_EMB_STD = 0.05  # init std of the field embeddings
+
+
+def _require(batch: Batch, key: str, width: int, who: str) -> torch.Tensor:
+    """The [B, width] tensor `batch[key]`, or a ValueError naming the key and the fix."""
+    if key not in batch:
+        raise ValueError(
+            f"{who}: batch has no {key!r} (keys: {sorted(batch)}); fix: add it or build with {key} width 0"
+        )
+    t = batch[key]
+    if t.dim() != 2 or t.shape[1] != width:
+        raise ValueError(
+            f"{who}: batch[{key!r}] is {tuple(t.shape)}, expected [B, {width}]; fix: match the build dims"
+        )
+    return t
+
+
+class _SparseRows(nn.Module):
+    """Maps the `sparse` [B, F] local buckets to rows of the shared table and checks their range."""
+
+    def __init__(self, layout: FieldLayout) -> None:
+        super().__init__()
+        self.layout = layout
+        self.register_buffer("offsets", layout.offsets_tensor(), persistent=False)  # (F,)
+        self.register_buffer("sizes", torch.tensor(layout.sizes, dtype=torch.long), persistent=False)  # (F,)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """batch["sparse"]: [B, F] int64 local buckets. Returns [B, F] int64 global rows."""
+        sparse = _require(batch, "sparse", len(self.layout.names), "ranker")
+        bad = (sparse < 0) | (sparse >= self.sizes)  # (B, F)
+        if bool(bad.any()):
+            f = int(bad.any(0).nonzero()[0, 0])
+            raise ValueError(
+                f"ranker: sparse column {f} ({self.layout.names[f]!r}) has buckets outside [0, {self.layout.sizes[f]}); "
+                f"fix: hash with the same bucket sizes as the FieldLayout"
+            )
+        return sparse + self.offsets  # (B, F)
+
+
+class ModalityGate(nn.Module):
+    """Projects one modality embedding to the field width, gated and masked.
+
+    out = mask * sigmoid(a . p + c) * p,  p = P x + q
+    """
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(in_dim, out_dim)
+        self.gate = nn.Linear(out_dim, 1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x: [B, Din] float32 modality embedding; mask: [B] float32, 1.0 when present. Returns [B, D] float32."""
+        p = self.proj(x)  # (B, D)
+        g = torch.sigmoid(self.gate(p))  # (B, 1), in (0, 1)
+        return mask.unsqueeze(1).to(p.dtype) * g * p  # (B, D)
+
+
+class InputBlock(nn.Module):
+    """Early-fusion input block: x0 [B, N] from the hashed fields, history, dense features and modalities."""
+
+    def __init__(
+        self,
+        layout: FieldLayout,
+        field_dim: int,
+        hist_field: str | None,
+        n_counts: int,
+        n_numeric: int,
+        text_dim: int,
+        image_dim: int,
+    ) -> None:
+        super().__init__()
+        if hist_field is not None and hist_field not in layout.names:
+            raise ValueError(
+                f"ranker: hist_field={hist_field!r} is not a field of the layout {layout.names}; "
+                f"fix: pass the field whose buckets fill `hist` (e.g. 'item_id') or None"
+            )
+        self.rows = _SparseRows(layout)
+        self.embedding = nn.Embedding(layout.total, field_dim)
+        nn.init.normal_(self.embedding.weight, std=_EMB_STD)
+        self.field_dim = field_dim
+        self.n_fields = len(layout.names)
+        self.hist_offset = None if hist_field is None else layout.offsets[layout.names.index(hist_field)]
+        self.hist_size = None if hist_field is None else layout.sizes[layout.names.index(hist_field)]
+        self.n_counts, self.n_numeric = n_counts, n_numeric
+        self.text = ModalityGate(text_dim, field_dim) if text_dim > 0 else None
+        self.image = ModalityGate(image_dim, field_dim) if image_dim > 0 else None
+        self.text_dim, self.image_dim = text_dim, image_dim
+        self.out_dim = (
+            self.n_fields * field_dim
+            + (field_dim if hist_field is not None else 0)
+            + n_counts
+            + n_numeric
+            + (field_dim if self.text is not None else 0)
+            + (field_dim if self.image is not None else 0)
+        )
+
+    def hist_rows(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """batch["hist"]: [B, L] int64. Returns ([B, L] int64 table rows, [B, L] bool mask of non-padding)."""
+        hist = batch.get("hist")
+        if hist is None or hist.dim() != 2:
+            raise ValueError(
+                "ranker: batch needs 'hist' [B, L] int64 when hist_field is set; fix: add it or pass hist_field=None"
+            )
+        if bool(((hist < 0) | (hist >= self.hist_size)).any()):
+            raise ValueError(
+                f"ranker: 'hist' has buckets outside [0, {self.hist_size}); fix: hash history like the item field"
+            )
+        return hist + self.hist_offset, hist != 0  # (B, L), (B, L)
+
+    def used_rows(self, batch: Batch) -> torch.Tensor:
+        """Distinct rows of the embedding table read by `batch`, [U] int64."""
+        rows = [self.rows(batch).reshape(-1)]
+        if self.hist_offset is not None:
+            hrows, mask = self.hist_rows(batch)
+            rows.append(hrows[mask])
+        return torch.unique(torch.cat(rows))
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """batch: a `Batch` (see models.inputs). Returns x0, [B, N] float32."""
+        rows = self.rows(batch)  # (B, F)
+        B = rows.shape[0]
+        parts = [self.embedding(rows).reshape(B, self.n_fields * self.field_dim)]  # (B, F*D)
+        if self.hist_offset is not None:
+            hrows, mask = self.hist_rows(batch)  # (B, L)
+            m = mask.unsqueeze(-1).to(self.embedding.weight.dtype)  # (B, L, 1)
+            summed = (self.embedding(hrows) * m).sum(1)  # (B, D)
+            parts.append(summed / m.sum(1).clamp(min=1.0))  # (B, D); empty history -> zeros
+        if self.n_counts:
+            parts.append(_require(batch, "counts", self.n_counts, "ranker").float())  # (B, C)
+        if self.n_numeric:
+            parts.append(_require(batch, "numeric", self.n_numeric, "ranker").float())  # (B, M)
+        if self.text is not None:
+            text = _require(batch, "text", self.text_dim, "ranker").float()
+            parts.append(self.text(text, batch.get("has_text", torch.ones(B, device=text.device))))  # (B, D)
+        if self.image is not None:
+            image = _require(batch, "image", self.image_dim, "ranker").float()
+            parts.append(
+                self.image(image, batch.get("has_image", torch.ones(B, device=image.device)))
+            )  # (B, D)
+        return torch.cat(parts, dim=1)  # (B, N)
+
+
+def _mlp(in_dim: int, hidden: list[int], dropout: float, batch_norm: bool) -> tuple[nn.Sequential, int]:
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers.append(nn.Linear(in_dim, h))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(h))
+        layers += [nn.ReLU(), nn.Dropout(dropout)]
+        in_dim = h
+    return nn.Sequential(*layers), in_dim
+
+
+class _Ranker(nn.Module):
+    """Shared bits: the build arguments (for checkpoints) and the L2 of the embedding rows a batch reads."""
+
+    build_args: dict[str, Any]
+
+    def embedding_tables(self) -> list[nn.Embedding]:
+        raise NotImplementedError
+
+    def used_rows(self, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def embedding_l2(self, batch: Batch) -> torch.Tensor:
+        """Sum of squares of the embedding rows read by `batch` (each distinct row once), [] float32."""
+        rows = self.used_rows(batch)  # (U,)
+        return sum(t.weight[rows].pow(2).sum() for t in self.embedding_tables())
+
+
+class DCNRanker(_Ranker):
+    """DCN-V2 / DCN-Mix ranker: input block -> cross network and deep MLP -> logit.
+
+    structure "stacked":       logit = w . MLP(Cross(x0))
+    structure "parallel":      logit = w . [Cross(x0), MLP(x0)]
+    structure "crossnet_only": logit = w . Cross(x0)
+    """
+
+    def __init__(self, cfg: RankerConfig, inputs: InputBlock) -> None:
+        super().__init__()
+        self.inputs = inputs
+        N = inputs.out_dim
+        if cfg.model == "dcnmix":
+            self.cross: CrossNetMix | CrossNetV2 = CrossNetMix(
+                N, cfg.cross_layers, cfg.experts, cfg.rank, cfg.gate, cfg.activation, cfg.inner_matrix
+            )
+        else:
+            self.cross = CrossNetV2(N, cfg.cross_layers)
+        self.structure = cfg.structure
+        if cfg.structure == "stacked":
+            self.mlp, head_in = _mlp(N, cfg.mlp, cfg.dropout, cfg.batch_norm)
+        elif cfg.structure == "parallel":
+            self.mlp, deep_out = _mlp(N, cfg.mlp, cfg.dropout, cfg.batch_norm)
+            head_in = N + deep_out
+        else:
+            self.mlp, head_in = None, N
+        self.head = nn.Linear(head_in, 1)
+
+    def embedding_tables(self) -> list[nn.Embedding]:
+        return [self.inputs.embedding]
+
+    def used_rows(self, batch: Batch) -> torch.Tensor:
+        return self.inputs.used_rows(batch)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """batch: a `Batch`. Returns logits, [B] float32."""
+        x0 = self.inputs(batch)  # (B, N)
+        crossed = self.cross(x0)  # (B, N)
+        if self.structure == "stacked":
+            h = self.mlp(crossed)  # (B, H)
+        elif self.structure == "parallel":
+            h = torch.cat([crossed, self.mlp(x0)], dim=1)  # (B, N + H)
+        else:
+            h = crossed  # (B, N)
+        return self.head(h).squeeze(-1).float()  # (B,)
+
+
+class LogisticRegression(_Ranker):
+    """logit = bias + sum_f w[row_f] + a . [counts, numeric]: one scalar weight per hashed bucket plus a linear."""
+
+    def __init__(self, layout: FieldLayout, n_counts: int, n_numeric: int) -> None:
+        super().__init__()
+        self.rows = _SparseRows(layout)
+        self.weights = nn.Embedding(layout.total, 1)
+        nn.init.zeros_(self.weights.weight)
+        self.n_counts, self.n_numeric = n_counts, n_numeric
+        self.linear = nn.Linear(n_counts + n_numeric, 1) if n_counts + n_numeric > 0 else None
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def embedding_tables(self) -> list[nn.Embedding]:
+        return [self.weights]
+
+    def used_rows(self, batch: Batch) -> torch.Tensor:
+        return torch.unique(self.rows(batch))
+
+    def linear_term(self, batch: Batch, rows: torch.Tensor) -> torch.Tensor:
+        """rows: [B, F] int64 table rows. Returns [B] float32, the first-order part of the logit."""
+        out = self.bias + self.weights(rows).squeeze(-1).sum(1)  # (B,)
+        if self.linear is not None:
+            dense = []
+            if self.n_counts:
+                dense.append(_require(batch, "counts", self.n_counts, "ranker").float())
+            if self.n_numeric:
+                dense.append(_require(batch, "numeric", self.n_numeric, "ranker").float())
+            out = out + self.linear(torch.cat(dense, dim=1)).squeeze(-1)  # (B,)
+        return out
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """batch: a `Batch`. Returns logits, [B] float32."""
+        return self.linear_term(batch, self.rows(batch)).float()
+
+
+class FactorizationMachine(LogisticRegression):
+    """Rendle's FM: LR + sum_{f<g} <v_f, v_g> over the field embeddings v_f = V[row_f] ([B, F, D]).
+
+    The pairwise sum uses the O(F*D) identity sum_{f<g} <v_f, v_g> = 1/2 sum_d ((sum_f v_fd)^2 - sum_f v_fd^2).
+    """
+
+    def __init__(self, layout: FieldLayout, field_dim: int, n_counts: int, n_numeric: int) -> None:
+        super().__init__(layout, n_counts, n_numeric)
+        self.embedding = nn.Embedding(layout.total, field_dim)
+        nn.init.normal_(self.embedding.weight, std=_EMB_STD)
+
+    def embedding_tables(self) -> list[nn.Embedding]:
+        return [self.weights, self.embedding]
+
+    @staticmethod
+    def pairwise(v: torch.Tensor) -> torch.Tensor:
+        """v: [B, F, D] float32 field embeddings. Returns [B] float32, sum_{f<g} <v_f, v_g>."""
+        return 0.5 * (v.sum(1).pow(2) - v.pow(2).sum(1)).sum(-1)  # (B,)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """batch: a `Batch`. Returns logits, [B] float32."""
+        rows = self.rows(batch)  # (B, F)
+        return (self.linear_term(batch, rows) + self.pairwise(self.embedding(rows))).float()  # (B,)
+
+
+def build_ranker(
+    cfg: RankerConfig,
+    layout: FieldLayout,
+    hist_field: str | None,
+    n_counts: int,
+    n_numeric: int,
+    text_dim: int,
+    image_dim: int,
+    *,
+    seed: int | None = None,
+) -> nn.Module:
+    """The ranker chosen by `cfg.model` ("dcnmix", "dcnv2", "lr", "fm"); forward(batch) -> logits [B] float32.
+
+    `hist_field` names the layout field whose buckets fill `hist` (None: no history input); `n_counts`,
+    `n_numeric`, `text_dim`, `image_dim` are the widths of those batch entries (0 = not used). LR and FM read
+    the hashed fields, counts and numeric only. With `seed` the initial weights are drawn from that seed
+    without touching the global RNG.
+
+    >>> m = build_ranker(RankerConfig(), FieldLayout(("user", "item_id"), (5, 9)), "item_id", 0, 0, 0, 0, seed=0)
+    >>> m({"sparse": torch.tensor([[1, 2]]), "hist": torch.tensor([[3, 0]])}).shape
+    torch.Size([1])
+    """
+    for name, v in (
+        ("n_counts", n_counts),
+        ("n_numeric", n_numeric),
+        ("text_dim", text_dim),
+        ("image_dim", image_dim),
+    ):
+        if v < 0:
+            raise ValueError(f"build_ranker: {name}={v} must be >= 0")
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        model: _Ranker
+        if cfg.model == "lr":
+            model = LogisticRegression(layout, n_counts, n_numeric)
+        elif cfg.model == "fm":
+            model = FactorizationMachine(layout, cfg.field_dim, n_counts, n_numeric)
+        else:
+            inputs = InputBlock(layout, cfg.field_dim, hist_field, n_counts, n_numeric, text_dim, image_dim)
+            model = DCNRanker(cfg, inputs)
+    model.build_args = {
+        "config": cfg.model_dump(mode="json"),
+        "layout": {"names": list(layout.names), "sizes": list(layout.sizes)},
+        "hist_field": hist_field,
+        "n_counts": n_counts,
+        "n_numeric": n_numeric,
+        "text_dim": text_dim,
+        "image_dim": image_dim,
+    }
+    return model
+
+
+def cross_matrices(model: nn.Module) -> list[torch.Tensor]:
+    """Each cross layer's effective matrix, [N, N] float32: sum_i U_i C_i V_i^T for DCN-Mix, W_l for DCN-V2.
+
+    For the singular-value diagnostic (models.metrics.singular_values). Accepts a DDP-wrapped model.
+    """
+    inner = getattr(model, "module", model)
+    cross = getattr(inner, "cross", None)
+    if cross is None:
+        raise ValueError(
+            f"cross_matrices: {type(inner).__name__} has no cross network; fix: use model 'dcnmix' or 'dcnv2'"
+        )
+    return cross.effective_matrices()

@@ -1,0 +1,346 @@
+"""Training loop of the ranker (one code path for DCN-Mix, DCN-V2, LR and FM), checkpoints and warm start.
+
+`train_ranker` streams batches from callables (one fresh iterable per epoch), minimises binary
+cross-entropy + l2_embedding * (sum of squares of the embedding rows the batch reads) with Adam and gradient
+clipping, evaluates validation AUC after every epoch, and stops early when it has not improved for
+`cfg.patience` epochs. It returns the best weights (also loaded into the model).
+
+Distributed data parallel (cfg.ddp=True) expects to run under torchrun: it reads RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR and MASTER_PORT, joins the process group (gloo on CPU, nccl on CUDA) unless the
+caller already did, wraps the model in DistributedDataParallel and lets rank r train on batches
+r, r + W, r + 2W, ... of each epoch (DDP's Join handles ranks with one batch fewer). Validation scores are
+gathered from every rank so that every rank computes the same AUC and takes the same early-stopping decision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from models.config import RankerConfig
+from models.inputs import Batch, FieldLayout
+from models.metrics import auc
+from models.ranker import build_ranker
+
+log = logging.getLogger(__name__)
+
+_DDP_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+_CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class TrainResult:
+    """Outcome of `train_ranker`.
+
+    state_dict:    best weights (validation AUC), CPU tensors
+    history:       validation AUC after each epoch run
+    train_loss:    mean training BCE (without the L2 term) of each epoch, on this rank's batches
+    best_epoch:    0-based epoch of the best validation AUC
+    samples_per_s: training examples per second over all ranks (forward + backward + step, no validation)
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    history: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    best_epoch: int = -1
+    samples_per_s: float = 0.0
+
+    @property
+    def best_auc(self) -> float:
+        return self.history[self.best_epoch] if self.best_epoch >= 0 else float("nan")
+
+
+@dataclass(frozen=True)
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    on: bool = False  # running under DDP
+    created: bool = False  # whether train_ranker created the process group (and so destroys it)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _setup_ddp(device: torch.device) -> tuple[_Dist, torch.device]:
+    missing = [k for k in _DDP_ENV if k not in os.environ]
+    if missing:
+        raise ValueError(
+            f"train_ranker: ranker.ddp is true but the environment lacks {missing}; "
+            f"fix: launch with `torchrun --nproc_per_node=N ...` or set ranker.ddp=false"
+        )
+    created = False
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        created = True
+    return _Dist(rank=dist.get_rank(), world=dist.get_world_size(), on=True, created=created), device
+
+
+def _to_device(batch: Batch, device: torch.device) -> Batch:
+    if "label" not in batch:
+        raise ValueError(
+            f"train_ranker: batch has no 'label' (keys: {sorted(batch)}); fix: add label [B] float32"
+        )
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _my_batches(batches: Iterable[Batch], info: _Dist) -> Iterator[Batch]:
+    """Every world-th batch, starting at this rank's index."""
+    for i, batch in enumerate(batches):
+        if i % info.world == info.rank:
+            yield batch
+
+
+def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=enabled)
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, batches: Iterable[Batch], device: torch.device | str, amp: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores a stream of batches in eval mode. Returns (logits [n] float32, labels [n] float32) as numpy."""
+    device = torch.device(device)
+    inner = unwrap(model)
+    was_training = inner.training
+    inner.eval()
+    logits, labels = [], []
+    for batch in batches:
+        b = _to_device(batch, device)
+        with _autocast(device, amp and device.type == "cuda"):
+            logits.append(inner(b).float().cpu())
+        labels.append(b["label"].float().cpu())
+    inner.train(was_training)
+    if not logits:
+        return np.zeros(0, np.float32), np.zeros(0, np.float32)
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+
+def _gather(arrays: tuple[np.ndarray, ...], info: _Dist) -> tuple[np.ndarray, ...]:
+    """Concatenates each array over the ranks (identity without DDP)."""
+    if not info.on:
+        return arrays
+    parts: list[Any] = [None] * info.world
+    dist.all_gather_object(parts, arrays)
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(len(arrays)))
+
+
+def _train_epoch(
+    wrapped: nn.Module,
+    inner: nn.Module,
+    batches: Iterable[Batch],
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    cfg: RankerConfig,
+    device: torch.device,
+    use_amp: bool,
+    info: _Dist,
+    desc: str,
+    progress: bool,
+) -> tuple[float, int, float]:
+    """One pass over this rank's batches. Returns (mean BCE, samples, seconds)."""
+    wrapped.train()
+    params = [p for p in inner.parameters() if p.requires_grad]
+    loss_sum = torch.zeros((), device=device)
+    n = 0
+    join = wrapped.join() if isinstance(wrapped, DistributedDataParallel) else contextlib.nullcontext()
+    start = time.perf_counter()
+    with join:
+        for batch in tqdm(
+            _my_batches(batches, info), desc=desc, disable=not progress or info.rank != 0, leave=False
+        ):
+            b = _to_device(batch, device)
+            label = b["label"].float()  # (B,)
+            with _autocast(device, use_amp):
+                logits = wrapped(b)  # (B,)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), label)
+            total = loss
+            if cfg.l2_embedding > 0:
+                total = total + cfg.l2_embedding * inner.embedding_l2(b)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            loss_sum += loss.detach() * label.shape[0]
+            n += label.shape[0]
+    seconds = time.perf_counter() - start
+    return (float(loss_sum) / n if n else float("nan")), n, seconds
+
+
+def train_ranker(
+    model: nn.Module,
+    train_batches: Callable[[], Iterable[Batch]],
+    valid_batches: Callable[[], Iterable[Batch]],
+    cfg: RankerConfig,
+    seed: int,
+    device: torch.device | str,
+    progress: bool = True,
+) -> TrainResult:
+    """Trains `model` (from models.ranker.build_ranker) and returns the best state by validation AUC.
+
+    train_batches / valid_batches: called once per epoch, each returns a fresh iterable of `Batch` dicts
+    (with "label" [B] float32); the caller shuffles and streams them. `seed` seeds dropout and any other
+    randomness of the loop through a forked RNG (the global RNG is left as it was), so on CPU two runs with
+    the same seed, model and batches give the same weights. On CUDA with cfg.amp the forward runs under
+    float16 autocast with a GradScaler. The best weights are loaded back into `model` before returning.
+    """
+    device = torch.device(device)
+    info = _Dist()
+    if cfg.ddp:
+        info, device = _setup_ddp(device)
+    use_amp = cfg.amp and device.type == "cuda"
+    inner = unwrap(model).to(device)
+    if not hasattr(inner, "embedding_l2"):
+        raise ValueError(
+            f"train_ranker: {type(inner).__name__} has no embedding_l2(batch); fix: build it with build_ranker"
+        )
+    cuda_devices = [device] if device.type == "cuda" else []
+    result = TrainResult(state_dict={})
+    total_n, total_s = 0, 0.0
+    try:
+        with torch.random.fork_rng(devices=cuda_devices):
+            torch.manual_seed(seed)
+            wrapped: nn.Module = inner
+            if cfg.ddp:
+                wrapped = DistributedDataParallel(
+                    inner, device_ids=[device.index] if device.type == "cuda" else None
+                )
+            opt = torch.optim.Adam(inner.parameters(), lr=cfg.lr)
+            scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+            best, bad = -np.inf, 0
+            for epoch in range(cfg.epochs):
+                mean_loss, n, seconds = _train_epoch(
+                    wrapped, inner, train_batches(), opt, scaler, cfg, device, use_amp, info,
+                    f"epoch {epoch + 1}/{cfg.epochs}", progress,
+                )  # fmt: skip
+                total_n, total_s = total_n + n, total_s + seconds
+                logits, labels = predict_logits(inner, _my_batches(valid_batches(), info), device, use_amp)
+                logits, labels = _gather((logits, labels), info)
+                val_auc = auc(labels, logits)
+                result.history.append(val_auc)
+                result.train_loss.append(mean_loss)
+                log.info("epoch %d: train BCE %.5f, valid AUC %.5f", epoch, mean_loss, val_auc)
+                if val_auc > best:
+                    best, bad, result.best_epoch = val_auc, 0, epoch
+                    result.state_dict = {k: v.detach().cpu().clone() for k, v in inner.state_dict().items()}
+                else:
+                    bad += 1
+                    if bad >= cfg.patience:
+                        log.info("early stop after epoch %d: no AUC gain for %d epochs", epoch, bad)
+                        break
+        if result.state_dict:
+            inner.load_state_dict(result.state_dict)
+        n_all, s_all = _gather((np.array([total_n]), np.array([total_s])), info)
+        result.samples_per_s = float(n_all.sum() / s_all.max()) if s_all.max() > 0 else 0.0
+    finally:
+        if info.created:
+            dist.destroy_process_group()
+    return result
+
+
+def save_checkpoint(path: Path | str, model: nn.Module, meta: dict[str, Any] | None = None) -> Path:
+    """Writes weights + meta atomically (temp file, then rename). Returns the path.
+
+    The meta stored is `meta` (e.g. {"feature_stats": {...}, "run_id": ...}; plain Python types only) plus
+    the build arguments of the model: "config" (cfg.model_dump()), "layout", "hist_field", "n_counts",
+    "n_numeric", "text_dim", "image_dim", which `load_checkpoint` uses to rebuild it.
+    """
+    path = Path(path)
+    inner = unwrap(model)
+    build = getattr(inner, "build_args", None)
+    if build is None:
+        raise ValueError(
+            f"save_checkpoint({path}): the model has no build_args; fix: build it with build_ranker"
+        )
+    meta = dict(meta or {})
+    clash = [k for k in build if k in meta and meta[k] != build[k]]
+    if clash:
+        raise ValueError(
+            f"save_checkpoint({path}): meta keys {clash} disagree with the model; fix: drop them from meta"
+        )
+    payload = {
+        "format": _CHECKPOINT_FORMAT,
+        "state_dict": {k: v.detach().cpu() for k, v in inner.state_dict().items()},
+        "meta": {**meta, **build},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} does not exist; fix: train first or point to an existing file")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != _CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"checkpoint {path} is not a ranker checkpoint (format {_CHECKPOINT_FORMAT}); fix: re-save it"
+        )
+    return payload
+
+
+def load_checkpoint(path: Path | str) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuilds the model with build_ranker from the stored meta and loads its weights (CPU, eval mode).
+
+    Returns (model, meta); meta holds the config dump, layout, dims and whatever the saver added.
+    """
+    path = Path(path)
+    payload = _read(path)
+    meta = payload["meta"]
+    model = build_ranker(
+        RankerConfig.model_validate(meta["config"]),
+        FieldLayout(tuple(meta["layout"]["names"]), tuple(meta["layout"]["sizes"])),
+        meta["hist_field"],
+        meta["n_counts"],
+        meta["n_numeric"],
+        meta["text_dim"],
+        meta["image_dim"],
+    )
+    model.load_state_dict(payload["state_dict"])
+    return model.eval(), meta
+
+
+def warm_start(model: nn.Module, path: Path | str) -> list[str]:
+    """Copies into `model` every tensor of a previous checkpoint whose name and shape match.
+
+    Returns the names copied; the others keep their current values (e.g. an embedding table whose bucket
+    count changed, or a cross net of another width). Logs what was skipped.
+    """
+    path = Path(path)
+    old = _read(path)["state_dict"]
+    inner = unwrap(model)
+    own = inner.state_dict()
+    matched = {k: v for k, v in old.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(set(own) - set(matched))
+    inner.load_state_dict(matched, strict=False)
+    if skipped:
+        log.info(
+            "warm start from %s: %d tensors copied, %d kept (new or reshaped): %s",
+            path,
+            len(matched),
+            len(skipped),
+            skipped,
+        )
+    return sorted(matched)

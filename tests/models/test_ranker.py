@@ -1,0 +1,187 @@
+"""Tests of the ranker: shapes of every model/structure, the input block, FM identity, LR by hand."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.config import RankerConfig
+from models.inputs import FieldLayout
+from models.ranker import FactorizationMachine, build_ranker, cross_matrices
+
+LAYOUT = FieldLayout(("user_id", "item_id", "category"), (6, 10, 4))
+
+
+def _batch(B: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    sparse = torch.stack([torch.randint(0, s, (B,), generator=g) for s in LAYOUT.sizes], dim=1)  # (B, 3)
+    return {
+        "sparse": sparse,
+        "hist": torch.randint(0, 10, (B, 4), generator=g),
+        "counts": torch.rand(B, 2, generator=g),
+        "numeric": torch.randn(B, 3, generator=g),
+        "text": torch.randn(B, 5, generator=g),
+        "has_text": (torch.arange(B) % 2 == 0).float(),
+        "image": torch.randn(B, 6, generator=g),
+        "has_image": torch.ones(B),
+        "label": (torch.arange(B) % 2).float(),
+    }
+
+
+def _build(**overrides):
+    cfg = RankerConfig(field_dim=4, rank=3, experts=2, mlp=[8, 4], **overrides)
+    return build_ranker(cfg, LAYOUT, "item_id", n_counts=2, n_numeric=3, text_dim=5, image_dim=6, seed=0)
+
+
+@pytest.mark.parametrize("B", [1, 7])
+@pytest.mark.parametrize(
+    "model,structure",
+    list(itertools.product(["dcnmix", "dcnv2"], ["stacked", "parallel", "crossnet_only"]))
+    + [("lr", "stacked"), ("fm", "stacked")],
+)
+def test_every_model_gives_one_float_logit_per_row(B, model, structure):
+    net = _build(model=model, structure=structure, batch_norm=(B > 1))
+    out = net(_batch(B))
+    assert out.shape == (B,)
+    assert out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+    out.sum().backward()  # every model is trainable through the same call
+
+
+def test_input_block_width_and_history_mean():
+    # N = F*D + D (hist) + 2 counts + 3 numeric + D (text) + D (image) = 3*4 + 4 + 2 + 3 + 4 + 4 = 29
+    net = _build()
+    assert net.inputs.out_dim == 29 and net.cross.in_dim == 29
+    b = _batch(2)
+    b["hist"] = torch.tensor([[3, 5, 0, 0], [0, 0, 0, 0]])
+    x0 = net.inputs(b)
+    W = net.inputs.embedding.weight
+    off = LAYOUT.offsets[1]  # item_id rows start at 6
+    # row 0: mean of item rows 3 and 5 (padding 0 ignored); row 1: empty history -> zeros
+    torch.testing.assert_close(x0[0, 12:16], (W[off + 3] + W[off + 5]) / 2)
+    torch.testing.assert_close(x0[1, 12:16], torch.zeros(4))
+    # field block is the table rows at offsets + buckets
+    torch.testing.assert_close(x0[0, 4:8], W[off + b["sparse"][0, 1]])
+
+
+def test_missing_modality_contributes_zero_and_gate_stays_finite():
+    net = _build()
+    net.eval()
+    b = _batch(3)
+    b["has_text"] = torch.tensor([0.0, 1.0, 0.0])
+    out = net(b)
+    b2 = dict(b)
+    b2["text"] = b["text"].clone()
+    b2["text"][[0, 2]] = 1e6  # garbage in the missing rows must not matter
+    out2 = net(b2)
+    torch.testing.assert_close(out2[[0, 2]], out[[0, 2]])
+    assert torch.isfinite(out2).all()
+    x0 = net.inputs(b2)
+    torch.testing.assert_close(x0[[0, 2], 21:25], torch.zeros(2, 4))  # the text slot
+    # a present modality does change the input block
+    b3 = dict(b)
+    b3["text"] = b["text"] + 1.0
+    assert not torch.allclose(net.inputs(b3)[1, 21:25], net.inputs(b)[1, 21:25])
+
+
+def test_fm_pairwise_equals_double_sum():
+    v = torch.randn(7, 5, 3, generator=torch.Generator().manual_seed(1))  # (B, F, D)
+    explicit = torch.zeros(7)
+    for f in range(5):
+        for g in range(f + 1, 5):
+            explicit += (v[:, f] * v[:, g]).sum(-1)
+    torch.testing.assert_close(FactorizationMachine.pairwise(v), explicit, rtol=1e-5, atol=1e-5)
+
+
+def test_fm_tiny_by_hand():
+    # 2 fields, D=2: v_a = [1, 2], v_b = [3, -1] -> <v_a, v_b> = 3 - 2 = 1; bias 0.5, weights 0.25 and -1
+    # logit = 0.5 + 0.25 - 1 + 1 = 0.75
+    layout = FieldLayout(("a", "b"), (2, 2))
+    fm = build_ranker(RankerConfig(model="fm", field_dim=2), layout, None, 0, 0, 0, 0, seed=0)
+    with torch.no_grad():
+        fm.bias.fill_(0.5)
+        fm.weights.weight[1] = 0.25  # field a bucket 1 -> row 1
+        fm.weights.weight[3] = -1.0  # field b bucket 1 -> row 2 + 1
+        fm.embedding.weight[1] = torch.tensor([1.0, 2.0])
+        fm.embedding.weight[3] = torch.tensor([3.0, -1.0])
+    torch.testing.assert_close(fm({"sparse": torch.tensor([[1, 1]])}), torch.tensor([0.75]))
+
+
+def test_lr_by_hand():
+    # weights of the used rows 0.5 and -2, counts [1, 2] with coefs [1, 1], numeric [3] with coef 2,
+    # linear bias 0, model bias 0.1: logit = 0.1 + 0.5 - 2 + (1 + 2) + 2*3 = 7.6
+    layout = FieldLayout(("a", "b"), (3, 2))
+    lr = build_ranker(RankerConfig(model="lr"), layout, None, 2, 1, 0, 0, seed=0)
+    with torch.no_grad():
+        lr.bias.fill_(0.1)
+        lr.weights.weight[2] = 0.5  # a=2
+        lr.weights.weight[3] = -2.0  # b=0 -> row 3
+        lr.linear.weight.copy_(torch.tensor([[1.0, 1.0, 2.0]]))
+        lr.linear.bias.zero_()
+    b = {
+        "sparse": torch.tensor([[2, 0]]),
+        "counts": torch.tensor([[1.0, 2.0]]),
+        "numeric": torch.tensor([[3.0]]),
+    }
+    torch.testing.assert_close(lr(b), torch.tensor([7.6]))
+
+
+def test_embedding_l2_counts_each_used_row_once():
+    # rows used: a=1 (row 1) twice, b=0 (row 3) and b=1 (row 4) -> {1, 3, 4}
+    layout = FieldLayout(("a", "b"), (3, 2))
+    lr = build_ranker(RankerConfig(model="lr"), layout, None, 0, 0, 0, 0)
+    with torch.no_grad():
+        lr.weights.weight.copy_(torch.tensor([[10.0], [1.0], [10.0], [2.0], [3.0]]))
+    l2 = lr.embedding_l2({"sparse": torch.tensor([[1, 0], [1, 1]])})
+    torch.testing.assert_close(l2, torch.tensor(1.0 + 4.0 + 9.0))
+
+
+def test_out_of_range_bucket_names_the_field():
+    net = _build()
+    b = _batch(2)
+    b["sparse"][1, 2] = 4  # category has 4 buckets: 4 is out of range
+    with pytest.raises(ValueError, match="category"):
+        net(b)
+    with pytest.raises(ValueError, match="hist_field"):
+        build_ranker(RankerConfig(), LAYOUT, "nope", 0, 0, 0, 0)
+
+
+def test_cross_matrices_shapes():
+    mats = cross_matrices(_build(cross_layers=3))
+    assert len(mats) == 3 and all(m.shape == (29, 29) for m in mats)
+    assert len(cross_matrices(_build(model="dcnv2"))) == 2
+    with pytest.raises(ValueError, match="no cross network"):
+        cross_matrices(_build(model="lr"))
+
+
+def test_seeded_build_is_reproducible_and_leaves_global_rng_alone():
+    state = torch.random.get_rng_state()
+    a, b = _build(), _build()
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for (na, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(pa, pb), na
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 1000), B=st.integers(2, 6), model=st.sampled_from(["dcnmix", "dcnv2", "lr", "fm"]))
+def test_rows_scored_independently_in_eval(seed, B, model):
+    # in eval mode (no dropout, BN frozen) a row's logit does not depend on the rest of the batch
+    net = _build(model=model).eval()
+    b = _batch(B, seed)
+    full = net(b)
+    one = net({k: v[-1:] for k, v in b.items()})
+    torch.testing.assert_close(one, full[-1:], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("structure", ["stacked", "parallel"])
+def test_batch_norm_model_scores_a_single_row_in_eval(structure):
+    # BatchNorm needs B > 1 to train, but a trained model must score one row (running statistics)
+    net = _build(structure=structure, batch_norm=True)
+    net(_batch(7)).sum().backward()  # one training pass updates the running stats
+    net.eval()
+    assert net(_batch(1)).shape == (1,)
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in net.mlp)
