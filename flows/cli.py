@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -52,6 +52,8 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    for noisy in ("httpx", "httpcore"):  # Prefect's API client logs every request at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @app.callback()
@@ -73,7 +75,8 @@ def generate(
     """Generate a synthetic e-commerce data set in the input contract (docs/synthetic-data.md)."""
     from dataclasses import replace
 
-    from pipelines.synthetic import PRESETS, generate as run_generate
+    from pipelines.synthetic import PRESETS
+    from pipelines.synthetic import generate as run_generate
 
     if preset not in PRESETS:
         raise typer.BadParameter(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
@@ -162,7 +165,8 @@ def demo(
 ) -> None:
     """Generate synthetic data and run the nightly flow for one day; print where everything is."""
     from pipelines import io
-    from pipelines.synthetic import PRESETS, generate as run_generate
+    from pipelines.synthetic import PRESETS
+    from pipelines.synthetic import generate as run_generate
 
     data, out = folder / "data", folder / "out"
     spec = PRESETS[preset]
@@ -187,11 +191,31 @@ def _not_yet(name: str, issue: str) -> None:
 
 @app.command(context_settings=_OVERRIDES)
 def backfill(
-    start: Annotated[str, typer.Option(help="First date, YYYY-MM-DD.")] = "",
-    end: Annotated[str, typer.Option(help="Last date, YYYY-MM-DD.")] = "",
+    ctx: typer.Context,
+    start: Annotated[str, typer.Option(help="First date, YYYY-MM-DD.")],
+    end: Annotated[str, typer.Option(help="Last date, YYYY-MM-DD (inclusive).")],
+    independent: Annotated[bool, typer.Option(help="Days do not chain warm starts: run in parallel.")] = False,
+    max_concurrency: Annotated[int, typer.Option(help="Parallel days with --independent.")] = 2,
+    force: Annotated[bool, typer.Option(help="Rerun days already complete with the same config.")] = False,
+    data: Annotated[Path | None, typer.Option(help="Input folder (overrides data.dir).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (overrides data.out).")] = None,
+    config: ConfigOpt = None,
 ) -> None:
-    """Run the nightly flow over a date range (not available yet)."""
-    _not_yet("backfill", "the operations issue adds it")
+    """Run the nightly flow for every date in [start, end] as subflows; print completed, skipped, failed."""
+    from flows.backfill import backfill as backfill_flow
+
+    overrides = _overrides(ctx) + [f"--{k}={v}" for k, v in {"data.dir": data, "data.out": out}.items() if v]
+    _config(config, ctx, **{"data.dir": data, "data.out": out})
+    state = backfill_flow(start=start, end=end, config_path=str(config) if config else None,
+                          overrides=overrides, independent=independent, force=force,
+                          max_concurrency=max_concurrency, return_state=True)
+    typer.echo(f"flow run final state: {state.type.value} ({state.name})")
+    if not state.is_completed():
+        raise typer.Exit(1)
+    summary = state.result()
+    typer.echo(json.dumps(summary, indent=2, default=str))
+    if summary["failed"]:
+        raise typer.Exit(1)
 
 
 @app.command(context_settings=_OVERRIDES)
@@ -201,9 +225,14 @@ def report(date_: Annotated[str, typer.Option("--date", help="Report date, YYYY-
 
 
 @app.command(context_settings=_OVERRIDES)
-def serve() -> None:
-    """Register and serve the scheduled deployments (not available yet)."""
-    _not_yet("serve", "the operations issue adds it")
+def serve(ctx: typer.Context, config: ConfigOpt = None) -> None:
+    """Register the nightly (cron: runtime.cron) and backfill deployments and serve them until interrupted.
+
+    Point PREFECT_API_URL at a running Prefect server (`prefect server start`) to see runs in its UI.
+    """
+    from flows.deployments import serve_all
+
+    serve_all(_config(config, ctx), config, _overrides(ctx))
 
 
 @app.command(name="config", context_settings=_OVERRIDES)
