@@ -1,0 +1,266 @@
+"""Training frames (Parquet) -> model batches (`models.inputs.Batch`), streamed.
+
+The frames stage writes one partition per run date (docs/frames.md); the models read dicts of tensors
+(models/inputs.py). This module is the one place that maps columns to tensor keys:
+
+    bkt_<field>  -> sparse  [B, F] int64   (the fields of a BatchSpec, in its order)
+    hist         -> hist    [B, L] int64   (padded with 0, the null bucket; truncated to L)
+    cnt_<w>d     -> counts  [B, C] float32 (log1p of the counts)
+    num_*        -> numeric [B, M] float32 (already standardised by the frames stage)
+    item_idx     -> text / has_text / image / has_image, gathered from ItemContent
+    label        -> label   [B] float32
+
+Files are read with pyarrow's `iter_batches`, so memory is bounded by the batch size (plus the shuffle
+buffer), never by the size of the frame.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from features.hashing import Vocab, bucket_column
+from models.inputs import Batch, FieldLayout
+from pipelines import io
+
+FRAMES = "frames"
+EMBEDDINGS = "embeddings"
+SHUFFLE_BUFFER_BATCHES = 16  # rows shuffled together: this many batches (bounded memory)
+
+
+@dataclass(frozen=True)
+class ItemContent:
+    """Text and image embeddings of the catalogue, row i = the item with item_idx i in frames items.parquet."""
+
+    text: np.ndarray  # [N, Dt] float32, zeros where missing
+    has_text: np.ndarray  # [N] float32
+    image: np.ndarray  # [N, Di] float32, zeros where missing
+    has_image: np.ndarray  # [N] float32
+
+    @property
+    def text_dim(self) -> int:
+        return int(self.text.shape[1])
+
+    @property
+    def image_dim(self) -> int:
+        return int(self.image.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.text.shape[0])
+
+
+def load_vocab(out: Path, dt: date) -> Vocab:
+    """The vocab of frames/dt=D (field names, bucket counts, sides)."""
+    return Vocab.from_json(json.loads(io.committed_path(out, FRAMES, dt, "vocab.json").read_text()))
+
+
+def _matrix(col: pl.Series) -> np.ndarray:
+    """[N] Array(Float32, D) column -> [N, D] float32."""
+    return np.ascontiguousarray(col.to_numpy(), dtype=np.float32).reshape(col.len(), -1)
+
+
+def load_item_content(out: Path, dt: date) -> ItemContent:
+    """Embeddings of dt=D aligned with frames/dt=D items.parquet (item_idx order).
+
+    Items of the frames catalogue that the embeddings partition lacks get zero vectors and masks 0.
+    """
+    items = io.read_table(out, FRAMES, dt, "items").select("item_id", "item_idx").sort("item_idx")
+    if not (items["item_idx"].to_numpy() == np.arange(items.height)).all():
+        raise ValueError(
+            f"{io.partition_dir(out, FRAMES, dt)}/items.parquet: item_idx is not 0..N-1; "
+            "fix: rebuild the frames partition"
+        )
+    emb = io.read_table(out, EMBEDDINGS, dt, "items").with_row_index("emb_row")
+    rows = items.join(emb.select("item_id", "emb_row"), on="item_id", how="left", maintain_order="left")
+    src = rows["emb_row"].to_numpy()  # (N,) float with NaN where the item has no embedding row
+    found = ~np.isnan(src) if src.dtype.kind == "f" else np.ones(items.height, bool)
+    idx = src[found].astype(np.int64)
+
+    def gather(matrix: np.ndarray) -> np.ndarray:
+        full = np.zeros((items.height, matrix.shape[1]), np.float32)
+        full[found] = matrix[idx]
+        return full
+
+    def mask(col: str) -> np.ndarray:
+        full = np.zeros(items.height, np.float32)
+        full[found] = emb[col].cast(pl.Float32).to_numpy()[idx]
+        return full
+
+    return ItemContent(
+        text=gather(_matrix(emb["text_emb"])),
+        has_text=mask("has_text"),
+        image=gather(_matrix(emb["image_emb"])),
+        has_image=mask("has_image"),
+    )
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """Which frame columns go into a batch, and in which order."""
+
+    fields: tuple[str, ...]  # vocab field names: bkt_<name> columns -> sparse, in this order
+    counts: tuple[str, ...]  # cnt_* columns -> counts (log1p)
+    numeric: tuple[str, ...]  # num_* columns -> numeric
+    hist_len: int  # 0: no hist; else hist [B, L]
+    item_content: bool  # gather text/image by item_idx
+    label: bool  # label -> label [B] float32
+
+    def layout(self, vocab: Vocab) -> FieldLayout:
+        sizes = vocab.vocab_sizes()
+        return FieldLayout(self.fields, tuple(sizes[f] for f in self.fields))
+
+    def columns(self) -> list[str]:
+        cols = [bucket_column(f) for f in self.fields] + list(self.counts) + list(self.numeric)
+        if self.hist_len:
+            cols.append("hist")
+        if self.item_content:
+            cols.append("item_idx")
+        if self.label:
+            cols.append("label")
+        return cols
+
+
+def spec_for(
+    vocab: Vocab,
+    schema: Mapping[str, pl.DataType],
+    sides: tuple[str, ...],
+    *,
+    hist_len: int,
+    item_content: bool,
+    label: bool,
+) -> BatchSpec:
+    """The spec of the vocab fields of `sides` ("user", "item", "cross") present in a frame's schema.
+
+    counts: every cnt_* column (a user-side feature: kept when "user" is among the sides); numeric:
+    num_user_* for "user", num_item_* for "item".
+    """
+    bad = set(sides) - {"user", "item", "cross"}
+    if bad:
+        raise ValueError(f"spec_for: unknown sides {sorted(bad)}; use user, item, cross")
+    fields = tuple(f.name for f in vocab.fields if f.side in sides and bucket_column(f.name) in schema)
+    counts = tuple(c for c in schema if c.startswith("cnt_")) if "user" in sides else ()
+    prefixes = tuple(f"num_{s}_" for s in sides if s in ("user", "item"))
+    numeric = tuple(c for c in schema if c.startswith(prefixes)) if prefixes else ()
+    has_hist = "user" in sides and "hist" in schema
+    return BatchSpec(fields, counts, numeric, hist_len if has_hist else 0, item_content, label)
+
+
+def _pad_hist(col: pa.Array | pa.ChunkedArray, length: int) -> np.ndarray:
+    """[B] list<int32> -> [B, L] int64, the first L entries of each list, padded with 0."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    n = len(col)
+    offsets = col.offsets.to_numpy().astype(np.int64)
+    values = col.values.to_numpy(zero_copy_only=False).astype(np.int64)
+    starts = offsets[:-1]
+    lens = np.diff(offsets)
+    out = np.zeros((n, length), dtype=np.int64)
+    rows = np.repeat(np.arange(n), lens)
+    pos = np.arange(values.size) - np.repeat(starts, lens)  # position within its list
+    keep = pos < length
+    out[rows[keep], pos[keep]] = values[(np.repeat(starts, lens) + pos)[keep]]
+    return out
+
+
+def _arrow_to_batch(table: pa.Table | pa.RecordBatch, spec: BatchSpec, content: ItemContent | None) -> Batch:
+    def np_col(name: str, dtype: type) -> np.ndarray:
+        return table.column(name).to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+
+    n = table.num_rows
+    batch: Batch = {}
+    if spec.fields:
+        sparse = np.stack([np_col(bucket_column(f), np.int64) for f in spec.fields], axis=1)
+        batch["sparse"] = torch.from_numpy(sparse)  # (B, F)
+    if spec.counts:
+        counts = np.stack([np_col(c, np.float32) for c in spec.counts], axis=1)
+        batch["counts"] = torch.from_numpy(np.log1p(counts))  # (B, C)
+    if spec.numeric:
+        batch["numeric"] = torch.from_numpy(np.stack([np_col(c, np.float32) for c in spec.numeric], axis=1))
+    if spec.hist_len:
+        batch["hist"] = torch.from_numpy(_pad_hist(table.column("hist"), spec.hist_len))  # (B, L)
+    if spec.item_content:
+        if content is None:
+            raise ValueError("BatchSpec asks for item content but no ItemContent was given")
+        idx = np_col("item_idx", np.int64)
+        batch["text"] = torch.from_numpy(content.text[idx])  # (B, Dt)
+        batch["has_text"] = torch.from_numpy(content.has_text[idx])
+        batch["image"] = torch.from_numpy(content.image[idx])  # (B, Di)
+        batch["has_image"] = torch.from_numpy(content.has_image[idx])
+    if spec.label:
+        batch["label"] = torch.from_numpy(np_col("label", np.float32))
+    if not batch:
+        raise ValueError("BatchSpec selects no column")
+    assert all(t.shape[0] == n for t in batch.values())  # internal invariant, not an input check
+    return batch
+
+
+def to_batch(df: pl.DataFrame, spec: BatchSpec, content: ItemContent | None = None) -> Batch:
+    """One in-memory frame -> one batch."""
+    missing = [c for c in spec.columns() if c not in df.columns]
+    if missing:
+        raise ValueError(f"frame lacks columns {missing} that the batch spec needs; fix: rebuild the frames")
+    return _arrow_to_batch(df.select(spec.columns()).to_arrow(), spec, content)
+
+
+def parquet_rows(path: Path) -> int:
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def stream_batches(
+    path: Path,
+    spec: BatchSpec,
+    batch_size: int,
+    content: ItemContent | None = None,
+    shuffle_seed: int | None = None,
+) -> Iterator[Batch]:
+    """Stream a frame file as batches of `batch_size` rows (the last may be smaller).
+
+    With `shuffle_seed`, rows are shuffled within a buffer of SHUFFLE_BUFFER_BATCHES batches (and the
+    row-group order is shuffled), deterministically for a given seed; without it, file order is kept.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    pf = pq.ParquetFile(path)
+    missing = [c for c in spec.columns() if c not in pf.schema_arrow.names]
+    if missing:
+        raise ValueError(
+            f"{path}: lacks columns {missing} that the batch spec needs; fix: rebuild the frames"
+        )
+    cols = spec.columns()
+    if shuffle_seed is None:
+        for rb in pf.iter_batches(batch_size=batch_size, columns=cols):
+            if rb.num_rows:
+                yield _arrow_to_batch(rb, spec, content)
+        return
+    rng = np.random.default_rng(shuffle_seed)
+    groups = rng.permutation(pf.num_row_groups).tolist()
+    buffer_rows = batch_size * SHUFFLE_BUFFER_BATCHES
+    pending: list[pa.RecordBatch] = []
+    size = 0
+
+    def drain(final: bool) -> Iterator[Batch]:
+        nonlocal pending, size
+        table = pa.Table.from_batches(pending).combine_chunks()
+        table = table.take(pa.array(rng.permutation(table.num_rows)))
+        full = table.num_rows if final else (table.num_rows // batch_size) * batch_size
+        for start in range(0, full, batch_size):
+            yield _arrow_to_batch(table.slice(start, batch_size), spec, content)
+        rest = table.slice(full)
+        pending, size = (rest.to_batches() if rest.num_rows else []), rest.num_rows
+
+    for rb in pf.iter_batches(batch_size=batch_size, columns=cols, row_groups=groups):
+        pending.append(rb)
+        size += rb.num_rows
+        if size >= buffer_rows:
+            yield from drain(final=False)
+    if size:
+        yield from drain(final=True)

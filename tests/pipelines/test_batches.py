@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from features.hashing import FieldSpec, Vocab
+from pipelines import batches as B
+from pipelines import io
+
+D = date(2024, 3, 1)
+RUN = io.RunInfo(run_id="t", config_hash="h", code_revision="test", config={})
+VOCAB = Vocab(
+    (
+        FieldSpec("user_id", ("user_id",), 10, "user"),
+        FieldSpec("gender", ("gender",), 3, "user"),
+        FieldSpec("item_id", ("item_id",), 20, "item"),
+        FieldSpec("gender_x_item_id", ("gender", "item_id"), 7, "cross"),
+    )
+)
+
+
+def _frame() -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "user_id": ["u1", "u2", "u3"],
+            "item_idx": pl.Series([2, 0, 1], dtype=pl.Int32),
+            "label": pl.Series([1, 0, 1], dtype=pl.Int8),
+            "bkt_user_id": pl.Series([4, 5, 6], dtype=pl.Int32),
+            "bkt_gender": pl.Series([1, 2, 0], dtype=pl.Int32),
+            "bkt_item_id": pl.Series([11, 12, 13], dtype=pl.Int32),
+            "bkt_gender_x_item_id": pl.Series([3, 4, 5], dtype=pl.Int32),
+            "hist": pl.Series([[7, 8, 9], [], [5]], dtype=pl.List(pl.Int32)),
+            "cnt_1d": pl.Series([0, 1, 3], dtype=pl.UInt32),
+            "num_user_age": pl.Series([0.5, -1.0, 0.0], dtype=pl.Float32),
+            "num_item_price": pl.Series([1.0, 2.0, 3.0], dtype=pl.Float32),
+        }
+    )
+
+
+CONTENT = B.ItemContent(
+    text=np.array([[1, 0], [0, 1], [0, 0]], np.float32),
+    has_text=np.array([1, 1, 0], np.float32),
+    image=np.array([[0.6, 0.8, 0], [0, 0, 1], [1, 0, 0]], np.float32),
+    has_image=np.array([1, 1, 1], np.float32),
+)
+
+
+def test_pad_hist_truncates_and_pads():
+    col = pa.array([[7, 8, 9], [], [5]], type=pa.list_(pa.int32()))
+    # L=2: [7, 8] (truncated), [0, 0] (empty), [5, 0] (padded)
+    assert B._pad_hist(col, 2).tolist() == [[7, 8], [0, 0], [5, 0]]
+
+
+def test_spec_for_sides_and_to_batch_by_hand():
+    df = _frame()
+    spec = B.spec_for(VOCAB, df.schema, ("user", "item", "cross"), hist_len=2, item_content=True, label=True)
+    assert spec.fields == ("user_id", "gender", "item_id", "gender_x_item_id")
+    assert spec.counts == ("cnt_1d",) and spec.numeric == ("num_user_age", "num_item_price")
+    assert spec.layout(VOCAB).sizes == (10, 3, 20, 7)
+    b = B.to_batch(df, spec, CONTENT)
+    assert b["sparse"].tolist() == [[4, 1, 11, 3], [5, 2, 12, 4], [6, 0, 13, 5]]
+    assert b["hist"].tolist() == [[7, 8], [0, 0], [5, 0]]
+    np.testing.assert_allclose(b["counts"][:, 0].numpy(), np.log1p([0, 1, 3]), rtol=1e-6)
+    # item_idx [2, 0, 1] gathers rows 2, 0, 1 of the content
+    assert b["text"].tolist() == [[0, 0], [1, 0], [0, 1]] and b["has_text"].tolist() == [0, 1, 1]
+    assert b["label"].tolist() == [1.0, 0.0, 1.0]
+
+
+def test_item_side_spec_has_no_user_features():
+    spec = B.spec_for(VOCAB, _frame().schema, ("item",), hist_len=5, item_content=False, label=False)
+    assert spec.fields == ("item_id",) and spec.counts == () and spec.hist_len == 0
+    assert spec.numeric == ("num_item_price",)
+
+
+def test_missing_column_is_a_clear_error():
+    spec = B.spec_for(VOCAB, _frame().schema, ("user",), hist_len=2, item_content=False, label=True)
+    with pytest.raises(ValueError, match=r"lacks columns \['label'\]"):
+        B.to_batch(_frame().drop("label"), spec)
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(1, 300), batch=st.integers(1, 64), seed=st.integers(0, 10))
+def test_stream_visits_every_row_once(tmp_path_factory, n: int, batch: int, seed: int):
+    path = tmp_path_factory.mktemp("s") / "f.parquet"
+    pl.DataFrame({"bkt_user_id": pl.Series(range(n), dtype=pl.Int32), "label": [1] * n}).write_parquet(
+        path, row_group_size=37
+    )
+    spec = B.BatchSpec(("user_id",), (), (), 0, False, True)
+    for shuffle in (None, seed):
+        got = [b["sparse"][:, 0] for b in B.stream_batches(path, spec, batch, shuffle_seed=shuffle)]
+        ids = np.concatenate([g.numpy() for g in got])
+        assert sorted(ids.tolist()) == list(range(n))
+        assert all(len(g) == batch for g in got[:-1])  # only the last batch may be short
+        if shuffle is None:
+            assert ids.tolist() == list(range(n))
+    again = np.concatenate(
+        [b["sparse"][:, 0].numpy() for b in B.stream_batches(path, spec, batch, shuffle_seed=seed)]
+    )
+    assert again.tolist() == ids.tolist()  # deterministic for a seed
+
+
+def test_load_item_content_aligns_by_item_idx(tmp_path: Path):
+    with io.staged_partition(tmp_path, "frames", D, RUN) as st_:
+        st_.write_table(
+            pl.DataFrame({"item_id": ["a", "b", "c"], "item_idx": pl.Series([0, 1, 2], dtype=pl.Int32)}),
+            "items",
+        )
+    emb = pl.DataFrame(
+        {
+            "item_id": ["c", "a"],  # other order; "b" has no embedding row
+            "text_emb": pl.Series([[0.0, 1.0], [1.0, 0.0]], dtype=pl.Array(pl.Float32, 2)),
+            "image_emb": pl.Series([[1.0], [1.0]], dtype=pl.Array(pl.Float32, 1)),
+            "has_text": [True, True],
+            "has_image": [False, True],
+        }
+    )
+    with io.staged_partition(tmp_path, "embeddings", D, RUN) as st_:
+        st_.write_table(emb, "items")
+    c = B.load_item_content(tmp_path, D)
+    assert c.text.tolist() == [[1, 0], [0, 0], [0, 1]]
+    assert c.has_text.tolist() == [1, 0, 1] and c.has_image.tolist() == [1, 0, 0]
+    assert (c.text_dim, c.image_dim, len(c)) == (2, 1, 3)
