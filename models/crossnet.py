@@ -157,25 +157,42 @@ class CrossNetMix(nn.Module):
 
         Returns [B, E, N] float32, E_i(x_l) for every expert i of `layer`.
         """
-        g = _ACTIVATIONS[self.activation]
-        h = g(torch.einsum("bn,enr->ber", x, self.V[layer]))  # (B, E, R) = g(V_i^T x_l)
-        if self.C is not None:
-            h = g(torch.einsum("ber,esr->bes", h, self.C[layer]))  # (B, E, R) = g(C_i h)
+        h = self.hidden(x, layer)  # (B, E, R)
         u = torch.einsum("ber,enr->ben", h, self.U[layer])  # (B, E, N) = U_i h
         return x0.unsqueeze(1) * (u + self.b[layer])  # (B, E, N)
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
-        """x0: [B, N] float32 input block. Returns [B, N] float32, x_L."""
+        """x0: [B, N] float32 input block. Returns [B, N] float32, x_L.
+
+        The gate is a scalar per expert, so the mixture factors through x_0:
+            sum_i G_i E_i = x_0 ⊙ (sum_i G_i U_i h_i + (sum_i G_i) b_l),   h_i = g(C_i g(V_i^T x_l))
+        and sum_i G_i U_i h_i is ONE matmul of the gated hidden states [B, E*R] with the stacked U [E*R, N].
+        This equals mixing `experts_out` (tested) without building the [B, E, N] tensor of expert outputs.
+        """
         _check_input(x0, self.in_dim, "CrossNetMix")
+        B, E, N, R = x0.shape[0], self.experts, self.in_dim, self.rank
         x = x0
         for layer in range(self.layers):
-            e = self.experts_out(x0, x, layer)  # (B, E, N)
-            if self.experts == 1:
-                mixed = e[:, 0, :]  # (B, N); K=1 skips the gate
+            h = self.hidden(x, layer)  # (B, E, R)
+            if E == 1:
+                gated, gate_sum = h, None  # K=1 skips the gate (weight 1)
             else:
-                mixed = torch.einsum("be,ben->bn", self.gate_weights(x, layer), e)  # (B, N)
-            x = mixed + x  # (B, N)
+                weights = self.gate_weights(x, layer)  # (B, E)
+                gated = h * weights.unsqueeze(-1)  # (B, E, R)
+                gate_sum = weights.sum(dim=-1, keepdim=True)  # (B, 1); 1 for softmax and constant gates
+            u_stack = self.U[layer].transpose(1, 2).reshape(E * R, N)  # (E*R, N), row e*R+r = U_e[:, r]
+            mixed_u = gated.reshape(B, E * R) @ u_stack  # (B, N) = sum_i G_i U_i h_i
+            bias = self.b[layer] if gate_sum is None else gate_sum * self.b[layer]  # (N,) or (B, N)
+            x = x0 * (mixed_u + bias) + x  # (B, N)
         return x
+
+    def hidden(self, x: torch.Tensor, layer: int) -> torch.Tensor:
+        """x: [B, N] float32 layer input x_l. Returns [B, E, R] float32, h_i = g(C_i g(V_i^T x_l)) per expert."""
+        g = _ACTIVATIONS[self.activation]
+        h = g(torch.einsum("bn,enr->ber", x, self.V[layer]))  # (B, E, R) = g(V_i^T x_l)
+        if self.C is not None:
+            h = g(torch.einsum("ber,esr->bes", h, self.C[layer]))  # (B, E, R) = g(C_i h)
+        return h
 
     def effective_matrices(self) -> list[torch.Tensor]:
         """Each layer's cross matrix sum_i U_i C_i V_i^T (C_i = I when off), [N, N] float32, detached.

@@ -166,3 +166,20 @@ def test_cuda_matches_cpu():
     cpu = mix(x0)
     gpu = mix.cuda()(x0.cuda()).cpu()
     torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("gate", ["softmax", "sigmoid", "constant"])
+@pytest.mark.parametrize("experts", [1, 3])
+def test_fused_forward_equals_mixing_expert_outputs(gate: str, experts: int):
+    # forward() factors the mixture through x0; recompute it the long way from experts_out + gate_weights
+    torch.manual_seed(0)
+    net = CrossNetMix(in_dim=5, layers=2, experts=experts, rank=3, gate=gate, activation="tanh")
+    with torch.no_grad():
+        net.b.normal_()  # a non-zero bias exercises the (sum of gates) * b term
+    x0 = torch.randn(7, 5)
+    x = x0
+    for layer in range(2):
+        e = net.experts_out(x0, x, layer)  # (B, E, N)
+        w = torch.ones(7, 1) if experts == 1 else net.gate_weights(x, layer)  # (B, E)
+        x = torch.einsum("be,ben->bn", w, e) + x
+    torch.testing.assert_close(net(x0), x, rtol=1e-5, atol=1e-5)
