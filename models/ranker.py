@@ -369,3 +369,28 @@ def cross_matrices(model: nn.Module) -> list[torch.Tensor]:
             f"cross_matrices: {type(inner).__name__} has no cross network; fix: use model 'dcnmix' or 'dcnv2'"
         )
     return cross.effective_matrices()
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose nn.Linear layers run with dynamic INT8 weights (CPU scoring only).
+
+    Weights are quantised once (one symmetric qint8 scale per tensor); activations are quantised per batch
+    at run time (`torch.ao.quantization.quantize_dynamic`). Embedding tables and the cross
+    network's U/V/C/W parameters are plain tensors, not nn.Linear, and stay float32: only the MLP, the
+    head and the modality projections are quantised. The input model is not modified.
+
+    >>> m = build_ranker(RankerConfig(), FieldLayout(("user", "item_id"), (5, 9)), "item_id", 0, 0, 0, 0, seed=0)
+    >>> type(quantize_int8(m).head).__module__.startswith("torch.ao.nn.quantized")
+    True
+    """
+    import warnings
+
+    inner = getattr(model, "module", model)
+    with warnings.catch_warnings():
+        # torch >= 2.10 flags torch.ao.quantization as deprecated in favour of torchao, which this project
+        # does not depend on; the eager dynamic path still works and is what CPU scoring needs.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation", category=UserWarning)
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(inner, {nn.Linear}, dtype=torch.qint8, inplace=False).eval()
