@@ -1,0 +1,701 @@
+"""The retriever stage: train the two towers, index every item, publish candidates, evaluate.
+
+    frames/dt=D (items, users, retriever_train, retriever_valid, vocab, eval_retrieval when present)
+    embeddings/dt=D/items.parquet (text and image embeddings, when the config uses them)
+        -> retriever/dt=D/   model.pt, index.faiss + ids.npy + index.json, item_emb.npy, metrics.json
+        -> candidates/dt=D/  part-0.parquet: user_id, item_id, rank (1..K), score
+
+Training rows are the positives of retriever_train (item features gathered from the catalogue through
+item_idx); validation is full-catalogue Recall@50 on retriever_valid, with each validation user's features
+taken from its first positive of D (so the validation positives are never in the features that predict
+them). Every catalogue item is embedded, cold-start items included (their vectors come from their hashed
+attributes and content; their item_id row is untrained), and every user of frames users.parquet (features
+as of the end of D) gets cfg.top_k candidates from the inner-product index.
+
+Purchase exclusion (cfg.exclude_purchased): frames carry positives without their event type, so the
+(user, item) purchase pairs of the training window (the frames manifest's train days and valid day) are
+read from the input events through `io.scan_events`. The input folder is `data_dir`, or the `data.dir` of
+the resolved config the run carries (`run.config`).
+
+Evaluation (when frames has eval_retrieval, the positives of D+1): Recall, NDCG and HitRate at 10/50/100 and
+catalogue coverage, over the eval users that have a row in users.parquet, for the model and, in the same
+run and with the same exclusions, for two baselines: popularity over the last 7 days (positives of
+retriever_train/valid with D-6 <= day <= D) and implicit ALS (package `implicit`, when installed; the
+metrics say "not installed" otherwise).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+import torch
+from threadpoolctl import threadpool_limits
+
+from features.hashing import Vocab
+from features.sampling import UniformItemSampler, item_sampling_probs
+from models.config import RetrieverConfig
+from models.inputs import Batch
+from models.retriever_train import (
+    ITEM_IDX,
+    RetrieverTrainResult,
+    encode,
+    gather_rows,
+    save_retriever,
+    train_retriever,
+    warm_start_retriever,
+)
+from models.towers import TwoTower
+from pipelines import io
+from pipelines.batches import (
+    FRAMES,
+    BatchSpec,
+    ItemContent,
+    load_item_content,
+    load_vocab,
+    spec_for,
+    to_batch,
+)
+from pipelines.io import RunInfo
+from retrieval import index as faiss_index
+from retrieval.config import IndexConfig
+from retrieval.metrics import catalogue_coverage, hit_rate_at_k, ndcg_at_k, recall_at_k
+
+log = logging.getLogger(__name__)
+
+DATASET = "retriever"
+CANDIDATES = "candidates"
+MODEL_FILE = "model.pt"
+ITEM_EMB_FILE = "item_emb.npy"
+METRICS_FILE = "metrics.json"
+EVAL_KS = (10, 50, 100)
+VALID_K = 50  # early stopping watches full-catalogue Recall@50 on retriever_valid
+POPULARITY_DAYS = 7
+ENCODE_CHUNK = 4096  # rows per forward pass when embedding users / items
+ALS_FACTORS = 64
+ALS_ITERATIONS = 15
+ALS_REGULARIZATION = 0.05
+
+
+# ---------------------------------------------------------------- inputs
+
+
+@dataclass
+class RetrieverInputs:
+    """What one run date's training and scoring read, as tensors where the model needs them.
+
+    catalogue: item batch of every catalogue item, row = item_idx ([N, ...] tensors, plus item_idx [N]).
+    users_batch: user batch of every row of users.parquet ([U, ...] tensors).
+    train_users: user batch of every retriever_train row ([R, ...]); train_items: [R] int64 item_idx.
+    valid_users: user batch of each validation user's first positive of D ([V, ...]); valid_relevant: V
+    arrays of the item_idx of its positives on D.
+    """
+
+    dt: date
+    vocab: Vocab
+    user_spec: BatchSpec
+    item_spec: BatchSpec
+    item_ids: np.ndarray  # [N] str, row = item_idx
+    seen: np.ndarray  # [N] bool, False = cold start (no event in the window)
+    user_ids: np.ndarray  # [U] str, row of users.parquet
+    catalogue: Batch
+    users_batch: Batch
+    train_users: Batch
+    train_items: torch.Tensor
+    valid_users: Batch
+    valid_relevant: list[np.ndarray]
+    positives: pl.DataFrame  # user_id, item_idx, day of retriever_train + retriever_valid
+    window: tuple[date, date]  # first and last day of the training window (train days + D)
+    content: ItemContent | None
+    eval_pairs: pl.DataFrame | None  # user_id, item_id of D+1, or None without the eval day
+    text_dim: int = 0
+    image_dim: int = 0
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_items(self) -> int:
+        return int(self.item_ids.shape[0])
+
+
+def _hist_len(df: pl.DataFrame) -> int:
+    """Longest history list of a frame (at least 1, so the user tower always gets a [B, L] tensor)."""
+    if df.height == 0:
+        return 1
+    longest = df.select(pl.col("hist").list.len().max()).item()
+    return max(int(longest or 0), 1)
+
+
+def load_inputs(out: Path, dt: date, use_content: bool = True) -> RetrieverInputs:
+    """Read frames/dt=D (and embeddings/dt=D when `use_content`) into tensors for training and scoring."""
+    out = Path(out)
+    vocab = load_vocab(out, dt)
+    items = io.read_table(out, FRAMES, dt, "items").sort("item_idx")
+    users = io.read_table(out, FRAMES, dt, "users")
+    train = io.read_table(out, FRAMES, dt, "retriever_train")
+    valid = io.read_table(out, FRAMES, dt, "retriever_valid")
+    frames_dir = io.partition_dir(out, FRAMES, dt)
+    if train.height == 0:
+        raise ValueError(
+            f"{frames_dir}/retriever_train.parquet has no rows (a one-day window has no training day); "
+            "fix: set data.train_window_days >= 2"
+        )
+    if valid.height == 0:
+        raise ValueError(
+            f"{frames_dir}/retriever_valid.parquet has no rows: no positive on {dt}, so there is nothing to "
+            "validate on; fix: run a date with positives"
+        )
+    manifest = io.read_manifest(out, FRAMES, dt)
+    days = [date.fromisoformat(d) for d in manifest.get("window", {}).get("train_days", [])]
+    window = (min(days) if days else dt, dt)
+    has_eval = bool(manifest.get("eval", {}).get("present"))
+
+    hist_len = max(_hist_len(train), _hist_len(users), _hist_len(valid))
+    user_spec = spec_for(vocab, train.schema, ("user",), hist_len=hist_len, item_content=False, label=False)
+    content = load_item_content(out, dt) if use_content else None
+    item_spec = spec_for(vocab, items.schema, ("item",), hist_len=0, item_content=use_content, label=False)
+    if "item_id" not in item_spec.fields:
+        raise ValueError(
+            f"{frames_dir}/items.parquet: no bkt_item_id column; the user history shares the item_id "
+            "embedding, so fix: rebuild the frames with an item_id field"
+        )
+    catalogue = to_batch(items, item_spec, content)
+    catalogue[ITEM_IDX] = torch.arange(items.height, dtype=torch.long)
+
+    first_valid = valid.sort("ts", "user_id", "item_id").unique("user_id", keep="first", maintain_order=True)
+    relevant = (
+        valid.group_by("user_id")
+        .agg(pl.col("item_idx").unique().sort())
+        .join(first_valid.select("user_id").with_row_index("_q"), on="user_id")
+        .sort("_q")
+    )
+    positives = pl.concat(
+        [
+            df.select("user_id", pl.col("item_idx").cast(pl.Int64), pl.col("ts").dt.date().alias("day"))
+            for df in (train, valid)
+        ]
+    )
+    eval_pairs = io.read_table(out, FRAMES, dt, "eval_retrieval") if has_eval else None
+    return RetrieverInputs(
+        dt=dt,
+        vocab=vocab,
+        user_spec=user_spec,
+        item_spec=item_spec,
+        item_ids=items["item_id"].cast(pl.String).to_numpy().astype(str),
+        seen=items["seen"].to_numpy().astype(bool),
+        user_ids=users["user_id"].cast(pl.String).to_numpy().astype(str),
+        catalogue=catalogue,
+        users_batch=to_batch(users, user_spec),
+        train_users=to_batch(train, user_spec),
+        train_items=torch.tensor(train["item_idx"].cast(pl.Int64).to_numpy()),
+        valid_users=to_batch(first_valid, user_spec),
+        valid_relevant=[np.asarray(v, dtype=np.int64) for v in relevant["item_idx"].to_list()],
+        positives=positives,
+        window=window,
+        content=content,
+        eval_pairs=eval_pairs,
+        text_dim=content.text_dim if content is not None else 0,
+        image_dim=content.image_dim if content is not None else 0,
+        figures={
+            "items": items.height,
+            "cold_items": int((~items["seen"]).sum()),
+            "users": users.height,
+            "train_rows": train.height,
+            "valid_rows": valid.height,
+            "valid_users": first_valid.height,
+            "hist_len": hist_len,
+        },
+    )
+
+
+# ---------------------------------------------------------------- training
+
+
+def effective_config(cfg: RetrieverConfig, inputs: RetrieverInputs) -> RetrieverConfig:
+    """cfg with use_text / use_image switched off when the embeddings partition has no such modality."""
+    update = {}
+    if cfg.use_text and inputs.text_dim == 0:
+        update["use_text"] = False
+    if cfg.use_image and inputs.image_dim == 0:
+        update["use_image"] = False
+    if update:
+        log.warning("retriever: embeddings have no %s; switched off", sorted(update))
+    return cfg.model_copy(update=update)
+
+
+def build_model(cfg: RetrieverConfig, inputs: RetrieverInputs, seed: int) -> TwoTower:
+    """A fresh `TwoTower` for the inputs' layouts and widths, initialised from `seed`."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return TwoTower(
+            cfg,
+            inputs.user_spec.layout(inputs.vocab),
+            inputs.item_spec.layout(inputs.vocab),
+            n_counts=len(inputs.user_spec.counts),
+            n_user_numeric=len(inputs.user_spec.numeric),
+            n_item_numeric=len(inputs.item_spec.numeric),
+            text_dim=inputs.text_dim if cfg.use_text else 0,
+            image_dim=inputs.image_dim if cfg.use_image else 0,
+        )
+
+
+def item_log_share(inputs: RetrieverInputs) -> torch.Tensor:
+    """[N] float32 log of each item's share of the training positives (features.sampling.item_sampling_probs).
+
+    Items without a training positive never occur in a batch; they get the log of half the smallest
+    share so the vector stays finite.
+    """
+    probs = item_sampling_probs(pl.DataFrame({"item_id": inputs.train_items.numpy()}))
+    share = np.zeros(inputs.n_items, dtype=np.float64)
+    share[probs["item_id"].to_numpy()] = probs["prob"].to_numpy()
+    floor = share[share > 0].min() / 2.0
+    return torch.from_numpy(np.log(np.maximum(share, floor)).astype(np.float32))
+
+
+def _valid_recall(inputs: RetrieverInputs, device: torch.device, k: int = VALID_K):
+    """model -> full-catalogue Recall@k of the validation users (their positives of D)."""
+    k = min(k, inputs.n_items)
+
+    def score(model: TwoTower) -> float:
+        items = encode(model.item_embedding, inputs.catalogue, ENCODE_CHUNK, device)  # (N, D)
+        users = encode(model.user_embedding, inputs.valid_users, ENCODE_CHUNK, device)  # (V, D)
+        top = torch.cat(
+            [torch.topk(u @ items.T, k, dim=1).indices for u in users.split(ENCODE_CHUNK)]
+        ).numpy()  # (V, k)
+        return recall_at_k(top, inputs.valid_relevant, [k])[k]
+
+    return score
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """The torch device of a config value: "auto" -> cuda when available, else cpu."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def fit(
+    inputs: RetrieverInputs,
+    cfg: RetrieverConfig,
+    seed: int,
+    device: str | torch.device = "cpu",
+    warm_from: Path | None = None,
+    progress: bool = False,
+) -> tuple[TwoTower, RetrieverTrainResult, dict[str, Any]]:
+    """Build, optionally warm-start, and train the towers on the inputs. Returns (model, result, figures).
+
+    The row order of every epoch is a seeded permutation (seed, epoch), so the same seed gives the same run.
+    """
+    device = resolve_device(device)
+    cfg = effective_config(cfg, inputs)
+    model = build_model(cfg, inputs, seed)
+    figures: dict[str, Any] = {"warm_start": None}
+    if warm_from is not None:
+        copied = warm_start_retriever(model, warm_from)
+        figures["warm_start"] = {"from": str(warm_from), "tensors": len(copied)}
+    rows = inputs.train_items.shape[0]
+    epoch = {"n": 0}
+
+    def batches():
+        perm = torch.from_numpy(np.random.default_rng([seed, epoch["n"]]).permutation(rows))
+        epoch["n"] += 1
+        for lo in range(0, rows, cfg.batch_size):
+            take = perm[lo : lo + cfg.batch_size]
+            yield (
+                gather_rows(inputs.train_users, take),
+                gather_rows(inputs.catalogue, inputs.train_items[take]),
+            )
+
+    sampler = UniformItemSampler(inputs.n_items, seed) if cfg.mixed_negatives else None
+    result = train_retriever(
+        model,
+        batches,
+        _valid_recall(inputs, device),
+        cfg,
+        seed,
+        device,
+        item_log_share(inputs) if cfg.logq_correction else None,
+        sampler=sampler,
+        catalogue=inputs.catalogue if cfg.mixed_negatives else None,
+        progress=progress,
+    )
+    figures.update(result.figures())
+    figures["config"] = {"use_text": cfg.use_text, "use_image": cfg.use_image}
+    return model, result, figures
+
+
+# ---------------------------------------------------------------- ranking, exclusion, baselines
+
+
+def purchase_mask(inputs: RetrieverInputs, data_dir: Path, users: np.ndarray | None = None) -> sp.csr_matrix:
+    """[U, N] 0/1 CSR of the (user row, item_idx) pairs with a purchase in the training window.
+
+    Reads events of the window's days through `io.scan_events`; `users` ([U] str) defaults to the rows
+    of users.parquet.
+    """
+    users = inputs.user_ids if users is None else users
+    first, last = inputs.window
+    pairs = (
+        io.scan_events(Path(data_dir), first, last)
+        .filter(pl.col("event") == "purchase")
+        .select("user_id", "item_id")
+        .unique()
+        .collect()
+    )
+    rows = pl.DataFrame({"user_id": users}).with_row_index("_u")
+    cols = pl.DataFrame({"item_id": inputs.item_ids}).with_row_index("_i")
+    hit = pairs.join(rows, on="user_id").join(cols, on="item_id")
+    u = hit["_u"].to_numpy().astype(np.int64)
+    i = hit["_i"].to_numpy().astype(np.int64)
+    return sp.csr_matrix((np.ones(len(u), np.float32), (u, i)), shape=(len(users), inputs.n_items))
+
+
+def drop_excluded(ranked: np.ndarray, exclude: sp.csr_matrix | None, k: int) -> np.ndarray:
+    """The first k positions of each row that the row does not exclude.
+
+    Args:
+        ranked: [U, K'] int64 item positions, best first (-1 = none).
+        exclude: [U, N] sparse mask of excluded positions per row, or None.
+        k: how many to keep (K' must be >= k + the largest number of exclusions of a row to fill k).
+
+    Returns:
+        [U, k] int64 positions, -1 where fewer than k remain.
+
+    >>> drop_excluded(np.array([[3, 1, 2]]), sp.csr_matrix(([1.0], ([0], [1])), shape=(1, 4)), 2)
+    array([[3, 2]])
+    """
+    ranked = np.asarray(ranked, dtype=np.int64)
+    bad = ranked < 0
+    if exclude is not None and exclude.nnz:
+        n = exclude.shape[1]
+        coo = exclude.tocoo()
+        keys = coo.row.astype(np.int64) * n + coo.col.astype(np.int64)
+        rows = np.arange(ranked.shape[0], dtype=np.int64)[:, None]
+        bad |= np.isin(rows * n + np.maximum(ranked, 0), keys)
+    keep = np.argsort(bad, axis=1, kind="stable")[:, :k]  # (U, k): kept positions first, order preserved
+    out = np.take_along_axis(ranked, keep, axis=1)
+    out[np.take_along_axis(bad, keep, axis=1)] = -1
+    if out.shape[1] < k:
+        out = np.pad(out, ((0, 0), (0, k - out.shape[1])), constant_values=-1)
+    return out
+
+
+def popularity_counts(inputs: RetrieverInputs, days: int = POPULARITY_DAYS) -> np.ndarray:
+    """[N] int64 positives per item_idx in retriever_train/valid over the last `days` days up to D."""
+    since = inputs.dt - timedelta(days=days - 1)
+    recent = inputs.positives.filter(pl.col("day") >= since)
+    return np.bincount(recent["item_idx"].to_numpy(), minlength=inputs.n_items).astype(np.int64)
+
+
+def popularity_positions(
+    counts: np.ndarray, n_users: int, k: int, exclude: sp.csr_matrix | None
+) -> np.ndarray:
+    """[U, k] item positions by decreasing count (ties: smaller position), minus each row's exclusions."""
+    extra = int(np.diff(exclude.indptr).max(initial=0)) if exclude is not None else 0
+    order = np.argsort(-counts, kind="stable")[: k + extra]  # (k',)
+    return drop_excluded(np.broadcast_to(order, (n_users, order.shape[0])), exclude, k)
+
+
+def als_available() -> bool:
+    """Whether the `implicit` package (ALS baseline) is installed."""
+    return importlib.util.find_spec("implicit") is not None
+
+
+def als_positions(
+    inputs: RetrieverInputs,
+    user_rows: np.ndarray,
+    k: int,
+    exclude: sp.csr_matrix | None,
+    seed: int,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Implicit ALS (Hu, Koren, Volinsky 2008) fitted on the window's positives; top-k per user.
+
+    Args:
+        inputs: the run's inputs (positives of retriever_train + retriever_valid, users, items).
+        user_rows: [Q] int64 rows of users.parquet to rank for.
+        k: results per user.
+        exclude: [U, N] mask over all users (rows of users.parquet) or None.
+        seed: ALS initialisation seed.
+
+    Returns:
+        ([Q, k] int64 item positions, -1 where fewer exist; figures).
+    """
+    from implicit.als import AlternatingLeastSquares
+
+    t0 = time.perf_counter()
+    rows = pl.DataFrame({"user_id": inputs.user_ids}).with_row_index("_u")
+    pos = inputs.positives.join(rows, on="user_id").group_by("_u", "item_idx").agg(pl.len().alias("n"))
+    conf = sp.csr_matrix(
+        (
+            pos["n"].to_numpy().astype(np.float32),
+            (pos["_u"].to_numpy().astype(np.int64), pos["item_idx"].to_numpy()),
+        ),
+        shape=(len(inputs.user_ids), inputs.n_items),
+    )
+    # implicit runs its own threads; a multi-threaded BLAS underneath oversubscribes the cores (it warns)
+    with threadpool_limits(1, "blas"):
+        model = AlternatingLeastSquares(
+            factors=ALS_FACTORS,
+            regularization=ALS_REGULARIZATION,
+            iterations=ALS_ITERATIONS,
+            random_state=seed,
+        )
+        model.fit(conf, show_progress=False)
+    filt = exclude[user_rows] if exclude is not None else conf[user_rows]
+    k_fetch = min(k, inputs.n_items)
+    ids, _ = model.recommend(
+        user_rows, filt, N=k_fetch, filter_already_liked_items=exclude is not None, recalculate_user=False
+    )
+    ids = np.asarray(ids, dtype=np.int64).reshape(len(user_rows), -1)
+    if ids.shape[1] < k:
+        ids = np.pad(ids, ((0, 0), (0, k - ids.shape[1])), constant_values=-1)
+    return ids, {
+        "factors": ALS_FACTORS,
+        "iterations": ALS_ITERATIONS,
+        "fit_s": round(time.perf_counter() - t0, 2),
+    }
+
+
+def ranking_metrics(
+    ranked: np.ndarray, relevant: list[set[str]], n_items: int, ks: tuple[int, ...] = EVAL_KS
+) -> dict[str, float]:
+    """recall@K, ndcg@K, hit_rate@K and coverage@K (share of the catalogue in some user's top K).
+
+    ranked: [Q, K_max] str item ids ("" = none), relevant: Q sets of item ids.
+    """
+    ks = tuple(k for k in ks if k <= ranked.shape[1])
+    out: dict[str, float] = {}
+    for name, fn in (("recall", recall_at_k), ("ndcg", ndcg_at_k), ("hit_rate", hit_rate_at_k)):
+        for k, v in fn(ranked, relevant, ks).items():
+            out[f"{name}@{k}"] = round(v, 6)
+    for k in ks:
+        out[f"coverage@{k}"] = round(catalogue_coverage(ranked, n_items, k, missing=""), 6)
+    return out
+
+
+def ids_of_positions(inputs: RetrieverInputs, positions: np.ndarray) -> np.ndarray:
+    """positions: [Q, K] int64 item_idx (-1 = none) -> [Q, K] str item ids ("" = none)."""
+    return np.where(positions >= 0, inputs.item_ids[np.maximum(positions, 0)], "")
+
+
+def evaluate(
+    inputs: RetrieverInputs,
+    model_ranked: np.ndarray,
+    exclude: sp.csr_matrix | None,
+    seed: int,
+    baselines: bool = True,
+) -> dict[str, Any]:
+    """Metrics of the model's ranking of every user and of the baselines, on the positives of D+1.
+
+    Args:
+        inputs: the run's inputs; inputs.eval_pairs must be present.
+        model_ranked: [U, K_max] str item ids per row of users.parquet, best first (K_max >= 100).
+        exclude: [U, N] purchases excluded from every method's ranking, or None.
+        seed: ALS seed.
+        baselines: compute popularity (and ALS when installed) too.
+    """
+    if inputs.eval_pairs is None:
+        return {"present": False}
+    k_max = max(EVAL_KS)
+    rows = pl.DataFrame({"user_id": inputs.user_ids}).with_row_index("_u")
+    grouped = (
+        inputs.eval_pairs.group_by("user_id")
+        .agg(pl.col("item_id").cast(pl.String))
+        .join(rows, on="user_id", how="left")
+        .sort("user_id")
+    )
+    known = grouped.filter(pl.col("_u").is_not_null())
+    user_rows = known["_u"].to_numpy().astype(np.int64)
+    relevant = [set(v) for v in known["item_id"].to_list()]
+    out: dict[str, Any] = {
+        "present": True,
+        "day": (inputs.dt + timedelta(days=1)).isoformat(),
+        "eval_users": grouped.height,
+        "users_evaluated": len(user_rows),
+        "users_without_features": grouped.height - len(user_rows),
+        "ks": list(EVAL_KS),
+    }
+    if not len(user_rows):
+        out["model"] = {"status": "no eval user has a row in users.parquet"}
+        return out
+    out["model"] = ranking_metrics(model_ranked[user_rows], relevant, inputs.n_items)
+    if not baselines:
+        return out
+    sub_excl = exclude[user_rows] if exclude is not None else None
+    pop = popularity_positions(popularity_counts(inputs), len(user_rows), k_max, sub_excl)
+    out["popularity_7d"] = ranking_metrics(ids_of_positions(inputs, pop), relevant, inputs.n_items)
+    if als_available():
+        als, figures = als_positions(inputs, user_rows, k_max, exclude, seed)
+        out["als"] = {**ranking_metrics(ids_of_positions(inputs, als), relevant, inputs.n_items), **figures}
+    else:
+        out["als"] = {"status": "not installed (pip install implicit to add the ALS baseline)"}
+    return out
+
+
+def embed_and_index(
+    model: TwoTower, inputs: RetrieverInputs, index_cfg: IndexConfig, seed: int, device: str | torch.device
+) -> tuple[np.ndarray, np.ndarray, faiss_index.RetrievalIndex]:
+    """Embed every catalogue item and user and build the inner-product index over the items.
+
+    Returns (item_emb [N, D] float32, user_emb [U, D] float32, index keyed by item_id).
+    """
+    device = resolve_device(device)
+    model = model.to(device).eval()
+    item_emb = encode(model.item_embedding, inputs.catalogue, ENCODE_CHUNK, device).numpy()  # (N, D)
+    user_emb = encode(model.user_embedding, inputs.users_batch, ENCODE_CHUNK, device).numpy()  # (U, D)
+    tune = user_emb if user_emb.shape[0] else None
+    index = faiss_index.build_index(item_emb, inputs.item_ids, index_cfg, seed, tune_queries=tune)
+    return item_emb, user_emb, index
+
+
+def candidates_frame(user_ids: np.ndarray, ids: np.ndarray, scores: np.ndarray, top_k: int) -> pl.DataFrame:
+    """user_id, item_id, rank (1..K), score from [U, K'] search results; missing ("") results are dropped."""
+    u, k = ids.shape
+    k = min(k, top_k)
+    df = pl.DataFrame(
+        {
+            "user_id": np.repeat(user_ids, k),
+            "item_id": ids[:, :k].ravel(),
+            "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), u),
+            "score": scores[:, :k].ravel().astype(np.float32),
+        }
+    )
+    return df.filter(pl.col("item_id") != "")
+
+
+def _data_dir(run: RunInfo, data_dir: Path | None) -> Path:
+    if data_dir is not None:
+        return Path(data_dir)
+    configured = (run.config or {}).get("data", {}).get("dir")
+    if configured is None:
+        raise ValueError(
+            "retriever stage: retriever.exclude_purchased is true but neither data_dir nor the run's "
+            "config (data.dir) says where the input events are; fix: pass data_dir or set "
+            "retriever.exclude_purchased=false"
+        )
+    return Path(configured)
+
+
+def _previous_checkpoint(out: Path, dt: date) -> Path | None:
+    earlier = [d for d in io.committed_dates(out, DATASET) if d < dt]
+    if not earlier:
+        return None
+    path = io.committed_path(out, DATASET, earlier[-1], MODEL_FILE)
+    return path if path.is_file() else None
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def train_retriever_stage(
+    out: Path,
+    dt: date,
+    cfg: RetrieverConfig,
+    index_cfg: IndexConfig,
+    seed: int,
+    device: str,
+    run: RunInfo,
+    *,
+    data_dir: Path | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Train the retriever of day D, commit retriever/dt=D and candidates/dt=D; returns a summary.
+
+    Args:
+        out: output root (frames/dt=D and embeddings/dt=D must be committed).
+        dt: run date D.
+        cfg: retriever config; index_cfg: FAISS index config.
+        seed: seeds model init, data order, mixed negatives, index tuning and ALS.
+        device: "auto", "cpu" or "cuda".
+        run: run info written into both manifests (its run_id is the model id).
+        data_dir: input folder, for the purchase pairs (default: run.config["data"]["dir"]).
+        progress: tqdm bars.
+    """
+    out = Path(out)
+    t0 = time.perf_counter()
+    events_dir = _data_dir(run, data_dir) if cfg.exclude_purchased else None
+    inputs = load_inputs(out, dt, use_content=cfg.use_text or cfg.use_image)
+    warm = _previous_checkpoint(out, dt) if cfg.warm_start else None
+    model, result, train_figures = fit(inputs, cfg, seed, device, warm_from=warm, progress=progress)
+    item_emb, user_emb, index = embed_and_index(model, inputs, index_cfg, seed, device)
+
+    exclude = purchase_mask(inputs, events_dir) if events_dir is not None else None
+    k_search = max(cfg.top_k, max(EVAL_KS))
+    scores, ids = faiss_index.search(index, user_emb, min(k_search, inputs.n_items), exclude=exclude)
+    if ids.shape[1] < k_search:
+        pad = k_search - ids.shape[1]
+        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values="")
+        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+    cands = candidates_frame(inputs.user_ids, ids, scores, cfg.top_k)
+    evaluation = evaluate(inputs, ids, exclude, seed)
+    index_figures = {"kind": index.kind, **{k: v for k, v in index.figures.items() if k != "kind"}}
+    metrics = {
+        "dt": dt.isoformat(),
+        "model_id": run.run_id,
+        "valid": {f"recall@{VALID_K}": result.best_score, "history": result.history},
+        "eval": evaluation,
+        "train": train_figures,
+        "inputs": inputs.figures,
+        "index": index_figures,
+        "exclude_purchased": cfg.exclude_purchased,
+        "excluded_pairs": int(exclude.nnz) if exclude is not None else 0,
+    }
+    with io.staged_partition(out, DATASET, dt, run) as stage:
+        stage.add_inputs(f"{FRAMES}/dt={dt.isoformat()}")
+        if inputs.content is not None:
+            stage.add_inputs(f"embeddings/dt={dt.isoformat()}")
+        save_retriever(
+            stage.path(MODEL_FILE),
+            model.cpu(),
+            {"model_id": run.run_id, "dt": dt.isoformat(), "hist_len": inputs.user_spec.hist_len},
+        )
+        faiss_index.save(index, stage.dir)
+        np.save(stage.path(ITEM_EMB_FILE), item_emb, allow_pickle=False)
+        stage.write_json(METRICS_FILE, metrics)
+        stage.rows.update({"items": inputs.n_items, "users": len(inputs.user_ids)})
+        stage.extra.update(
+            {
+                "model_id": run.run_id,
+                "index": index_figures,
+                "train": train_figures,
+                "valid_recall@50": result.best_score,
+            }
+        )
+    with io.staged_partition(out, CANDIDATES, dt, run) as stage:
+        stage.add_inputs(f"{DATASET}/dt={dt.isoformat()}")
+        stage.write_table(cands)
+        stage.extra.update(
+            {"model_id": run.run_id, "top_k": cfg.top_k, "exclude_purchased": cfg.exclude_purchased}
+        )
+    seconds = time.perf_counter() - t0
+    log.info(
+        "retriever %s: valid recall@50 %.4f, %d candidates, %.1fs",
+        dt,
+        result.best_score,
+        cands.height,
+        seconds,
+    )
+    summary: dict[str, Any] = {
+        "dataset": DATASET,
+        "dt": dt.isoformat(),
+        "model_id": run.run_id,
+        "candidates": cands.height,
+        "users": len(inputs.user_ids),
+        "items": inputs.n_items,
+        "index_kind": index.kind,
+        "valid_recall@50": result.best_score,
+        "epochs_run": len(result.history),
+        "seconds": round(seconds, 2),
+        "metrics": metrics,
+    }
+    if evaluation.get("present") and isinstance(evaluation.get("model"), dict):
+        for k in (50, 100):
+            summary[f"eval_recall@{k}"] = evaluation["model"].get(f"recall@{k}")
+    return summary

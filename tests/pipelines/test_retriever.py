@@ -1,0 +1,227 @@
+"""The retriever stage on a tiny partition built by the real stages, and its ranking helpers by hand."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import scipy.sparse as sp
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.retriever_train import encode, load_retriever
+from pipelines import io
+from pipelines.config import Config, load_config
+from pipelines.embedding import embed_items
+from pipelines.frames import build_frames
+from pipelines.retriever import (
+    CANDIDATES,
+    DATASET,
+    candidates_frame,
+    drop_excluded,
+    fit,
+    load_inputs,
+    popularity_positions,
+    train_retriever_stage,
+)
+from pipelines.synthetic import PRESETS, generate
+
+TOP_K = 20
+
+
+def _config(data: Path, out: Path) -> Config:
+    return load_config(
+        overrides=[
+            f"--data.dir={data}",
+            f"--data.out={out}",
+            "--data.train_window_days=3",
+            "--embeddings.device=cpu",
+            "--retriever.epochs=1",
+            "--retriever.dim=16",
+            "--retriever.field_dim=8",
+            "--retriever.hidden=[32]",
+            "--retriever.batch_size=128",
+            f"--retriever.top_k={TOP_K}",
+        ]
+    )
+
+
+def _frames_and_embeddings(cfg: Config, dt: date, run: io.RunInfo) -> None:
+    d = cfg.data
+    build_frames(d.dir, d.out, dt, d, cfg.columns, cfg.features, cfg.sampling, 0, run)
+    embed_items(d.dir, d.out, dt, cfg.embeddings, run, progress=False)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("retriever")
+    data, out = root / "data", root / "out"
+    generate(data, replace(PRESETS["small"], users=300, items=200, days=5))
+    cfg = _config(data, out)
+    run = io.RunInfo.new({"data": {"dir": str(data)}}, "cfg0", run_id="run1")
+    dates = io.event_dates(data)
+    dt = dates[-2]  # D+1 exists: the eval files are written
+    _frames_and_embeddings(cfg, dt, run)
+    summary = train_retriever_stage(out, dt, cfg.retriever, cfg.index, 0, "cpu", run)
+    return {"data": data, "out": out, "cfg": cfg, "run": run, "dt": dt, "dates": dates, "summary": summary}
+
+
+def _purchases(data: Path, first: date, last: date) -> pl.DataFrame:
+    return (
+        io.scan_events(data, first, last)
+        .filter(pl.col("event") == "purchase")
+        .select("user_id", "item_id")
+        .unique()
+        .collect()
+    )
+
+
+@pytest.mark.slow  # shares the ~20 s module fixture (generate, frames, embeddings, stage)
+def test_candidates_k_per_user_ranked_and_purchases_excluded(built: dict) -> None:
+    out, dt = built["out"], built["dt"]
+    cands = io.read_table(out, CANDIDATES, dt)
+    users = io.read_table(out, "frames", dt, "users")
+    assert cands.columns == ["user_id", "item_id", "rank", "score"]
+    # every user of users.parquet gets exactly TOP_K candidates (200 items, a handful purchased each)
+    per_user = cands.group_by("user_id").agg(pl.len().alias("n"), pl.col("rank").sort().alias("ranks"))
+    assert per_user.height == users.height
+    assert set(per_user["user_id"]) == set(users["user_id"])
+    assert (per_user["n"] == TOP_K).all()
+    assert all(r == list(range(1, TOP_K + 1)) for r in per_user["ranks"].to_list())
+    # scores do not increase with rank within a user
+    assert (
+        cands.sort("user_id", "rank")
+        .select((pl.col("score").diff().over("user_id") <= 1e-6).fill_null(True).all())
+        .item()
+    )
+    assert cands.select(pl.struct("user_id", "item_id").is_unique().all()).item()
+    # the window is D-2 .. D (train_window_days=3); none of its purchases is a candidate
+    first = dt.replace(day=dt.day - 2)
+    bought = _purchases(built["data"], first, dt).join(users.select("user_id"), on="user_id")
+    assert bought.height > 0  # the check below can fail
+    assert cands.join(bought, on=["user_id", "item_id"], how="semi").height == 0
+    manifest = io.read_manifest(out, CANDIDATES, dt)
+    assert manifest["model_id"] == "run1" and manifest["rows"]["part-0"] == cands.height
+
+
+@pytest.mark.slow  # shares the ~20 s module fixture (generate, frames, embeddings, stage)
+def test_model_files_metrics_and_manifest(built: dict) -> None:
+    out, dt, cfg = built["out"], built["dt"], built["cfg"]
+    part = io.partition_dir(out, DATASET, dt)
+    for name in ("model.pt", "index.faiss", "ids.npy", "index.json", "item_emb.npy", "metrics.json"):
+        assert (part / name).is_file(), name
+    metrics = json.loads((part / "metrics.json").read_text())
+    ev = metrics["eval"]
+    assert ev["present"] and ev["day"] == built["dates"][-1].isoformat()
+    for method in ("model", "popularity_7d"):
+        for k in (10, 50, 100):
+            for name in ("recall", "ndcg", "hit_rate", "coverage"):
+                assert 0.0 <= ev[method][f"{name}@{k}"] <= 1.0, (method, name, k)
+            assert ev[method][f"recall@{k}"] <= ev[method][f"recall@{max(k, 50)}"] + 1e-12
+    assert "status" in ev["als"] or "recall@50" in ev["als"]
+    assert ev["users_evaluated"] + ev["users_without_features"] == ev["eval_users"]
+    assert metrics == built["summary"]["metrics"]
+    manifest = io.read_manifest(out, DATASET, dt)
+    assert manifest["model_id"] == "run1" and manifest["index"]["kind"] == "flat"
+    assert manifest["train"]["epochs_run"] == 1 and manifest["rows"]["items"] == 200
+    # the stored item vectors are the checkpoint's item tower over the catalogue, unit norm, in item_idx order
+    item_emb = np.load(part / "item_emb.npy")
+    assert item_emb.shape == (200, cfg.retriever.dim)
+    np.testing.assert_allclose(np.linalg.norm(item_emb, axis=1), 1.0, atol=1e-5)
+    model, meta = load_retriever(part / "model.pt")
+    assert meta["model_id"] == "run1" and meta["config"]["dim"] == cfg.retriever.dim
+    inputs = load_inputs(out, dt)
+    again = encode(model.item_embedding, inputs.catalogue, 64, "cpu").numpy()
+    np.testing.assert_allclose(again, item_emb, atol=1e-5)
+    assert list(np.load(part / "ids.npy")) == list(inputs.item_ids)
+
+
+@pytest.mark.slow  # shares the ~20 s module fixture (generate, frames, embeddings, stage)
+def test_next_day_warm_starts_without_eval(built: dict) -> None:
+    cfg, run, out = built["cfg"], built["run"], built["out"]
+    nxt = built["dates"][-1]  # no D+1: no eval files
+    _frames_and_embeddings(cfg, nxt, run)
+    summary = train_retriever_stage(out, nxt, cfg.retriever, cfg.index, 0, "cpu", run)
+    warm = summary["metrics"]["train"]["warm_start"]
+    assert f"dt={built['dt'].isoformat()}" in warm["from"] and warm["tensors"] > 0
+    assert summary["metrics"]["eval"] == {"present": False}
+    assert io.is_committed(out, CANDIDATES, nxt)
+
+
+@pytest.mark.slow  # shares the ~20 s module fixture (generate, frames, embeddings, stage)
+def test_fit_is_deterministic(built: dict) -> None:
+    inputs = load_inputs(built["out"], built["dt"])
+    cfg = built["cfg"].retriever.model_copy(update={"mixed_negatives": 16})
+    m1, r1, _ = fit(inputs, cfg, seed=5)
+    m2, r2, _ = fit(inputs, cfg, seed=5)
+    assert r1.train_loss == r2.train_loss
+    for k, v in m1.state_dict().items():
+        assert torch.equal(v, m2.state_dict()[k]), k
+
+
+@pytest.mark.slow  # shares the ~20 s module fixture (generate, frames, embeddings, stage)
+def test_exclusion_needs_to_know_the_data_folder(built: dict) -> None:
+    run = io.RunInfo.new({"note": "no data section"}, "cfg0", run_id="run2")
+    with pytest.raises(ValueError, match="data_dir"):
+        train_retriever_stage(
+            built["out"], built["dt"], built["cfg"].retriever, built["cfg"].index, 0, "cpu", run
+        )
+
+
+def test_drop_excluded_by_hand() -> None:
+    # row 0 excludes items 1 and 2: [3, 1, 2, 0] -> [3, 0]; row 1 excludes nothing: [2, 0]
+    excl = sp.csr_matrix(([1.0, 1.0], ([0, 0], [1, 2])), shape=(2, 4))
+    ranked = np.array([[3, 1, 2, 0], [2, 0, 1, 3]])
+    np.testing.assert_array_equal(drop_excluded(ranked, excl, 2), [[3, 0], [2, 0]])
+    # too few left: padded with -1
+    np.testing.assert_array_equal(drop_excluded(ranked[:, :3], excl, 2), [[3, -1], [2, 0]])
+
+
+def test_popularity_positions_by_hand() -> None:
+    # counts [5, 9, 5, 1]: order 1, 0, 2, 3 (ties to the smaller position); user 0 bought item 1
+    excl = sp.csr_matrix(([1.0], ([0], [1])), shape=(2, 4))
+    got = popularity_positions(np.array([5, 9, 5, 1]), 2, 2, excl)
+    np.testing.assert_array_equal(got, [[0, 2], [1, 0]])
+
+
+def test_candidates_frame_drops_missing() -> None:
+    ids = np.array([["a", "b", ""], ["c", "", ""]])
+    scores = np.array([[0.9, 0.5, -np.inf], [0.7, -np.inf, -np.inf]], dtype=np.float32)
+    df = candidates_frame(np.array(["u1", "u2"]), ids, scores, top_k=3)
+    assert df.rows() == [
+        ("u1", "a", 1, pytest.approx(0.9)),
+        ("u1", "b", 2, 0.5),
+        ("u2", "c", 1, pytest.approx(0.7)),
+    ]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.integers(1, 5).flatmap(
+        lambda u: st.tuples(
+            st.just(u),
+            st.lists(st.permutations(list(range(8))), min_size=u, max_size=u),
+            st.lists(st.tuples(st.integers(0, u - 1), st.integers(0, 7)), max_size=10),
+            st.integers(1, 6),
+        )
+    )
+)
+def test_drop_excluded_never_returns_an_excluded_item(args) -> None:
+    u, rows, pairs, k = args
+    ranked = np.array(rows)
+    excl = sp.csr_matrix((np.ones(len(pairs)), ([p[0] for p in pairs], [p[1] for p in pairs])), shape=(u, 8))
+    excl.data[:] = 1.0
+    got = drop_excluded(ranked, excl, k)
+    assert got.shape == (u, k)
+    bad = set(pairs)
+    for r in range(u):
+        kept = [int(x) for x in got[r] if x >= 0]
+        assert not {(r, x) for x in kept} & bad
+        want = [int(x) for x in ranked[r] if (r, int(x)) not in bad][:k]
+        assert kept == want  # the survivors, in their original order
