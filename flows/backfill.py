@@ -9,8 +9,8 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.nightly import day_is_current, nightly
-from pipelines.config import config_hash, load_config, parse_date
+from flows.nightly import day_is_current, flow_for
+from pipelines.config import RuntimeConfig, config_hash, load_config, parse_date
 
 
 def date_range(start: date, end: date) -> list[date]:
@@ -24,8 +24,13 @@ def date_range(start: date, end: date) -> list[date]:
     return [start + timedelta(days=i) for i in range((end - start).days + 1)]
 
 
-def _run_day(dt: date, config_path: str | None, overrides: list[str]) -> dict[str, Any]:
-    state = nightly(date=dt.isoformat(), config_path=config_path, overrides=overrides, return_state=True)
+def _run_day(
+    dt: date, config_path: str | None, overrides: list[str], force: bool, runtime: RuntimeConfig
+) -> dict[str, Any]:
+    """One nightly subflow (with the task runner of runtime.runner); a failure is returned, not raised."""
+    state = flow_for(runtime)(
+        date=dt.isoformat(), config_path=config_path, overrides=overrides, force=force, return_state=True
+    )
     if state.is_completed():
         return {"date": dt.isoformat(), "status": "completed", "summary": state.result()}
     try:
@@ -37,9 +42,11 @@ def _run_day(dt: date, config_path: str | None, overrides: list[str]) -> dict[st
 
 
 @task(cache_policy=NO_CACHE)
-def day_task(dt: date, config_path: str | None, overrides: list[str]) -> dict[str, Any]:
+def day_task(
+    dt: date, config_path: str | None, overrides: list[str], force: bool, runtime: RuntimeConfig
+) -> dict[str, Any]:
     """One independent day (used with --independent, in parallel up to the runner's limit)."""
-    return _run_day(dt, config_path, overrides)
+    return _run_day(dt, config_path, overrides, force, runtime)
 
 
 @flow(name="backfill", log_prints=False)
@@ -56,7 +63,8 @@ def backfill(
 
     Sequential by default (warm starts chain days); with `independent`, days run in parallel, at most
     `max_concurrency` at once. Days whose complete run used the same config are skipped unless `force`.
-    A failed day does not stop the others; the summary lists failures and why.
+    A failed day does not stop the others; the summary lists failures and why. With `force`, every stage
+    of every day reruns (the nightly stage caches are refreshed too).
     """
     logger = get_run_logger()
     overrides = list(overrides or [])
@@ -70,11 +78,16 @@ def backfill(
     if independent and len(todo) > 1:
         runner = ThreadPoolTaskRunner(max_workers=max_concurrency)
         with runner:
-            futures = [runner.submit(day_task, parameters={"dt": d, "config_path": config_path,
-                                                           "overrides": overrides}) for d in todo]
+            params = {
+                "config_path": config_path,
+                "overrides": overrides,
+                "force": force,
+                "runtime": cfg.runtime,
+            }
+            futures = [runner.submit(day_task, parameters={"dt": d, **params}) for d in todo]
             results = [f.result() for f in futures]
     else:
-        results = [_run_day(d, config_path, overrides) for d in todo]
+        results = [_run_day(d, config_path, overrides, force, cfg.runtime) for d in todo]
     failed = [{"date": r["date"], "reason": r["reason"]} for r in results if r["status"] == "failed"]
     for f in failed:
         logger.error("backfill day %s failed: %s", f["date"], f["reason"])

@@ -27,7 +27,9 @@ app = typer.Typer(
 )
 
 _OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (defaults if absent).")]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config file (defaults if absent).")
+]
 
 
 def _overrides(ctx: typer.Context) -> list[str]:
@@ -65,7 +67,9 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lo
 @app.command()
 def generate(
     data: Annotated[Path, typer.Option(help="Folder to write the data set into.")] = Path("data/synthetic"),
-    preset: Annotated[str, typer.Option(help="small (CI), medium (~1M events) or large (~20M events).")] = "small",
+    preset: Annotated[
+        str, typer.Option(help="small (CI), medium (~1M events) or large (~20M events).")
+    ] = "small",
     users: Annotated[int | None, typer.Option(help="Override the preset's number of users.")] = None,
     items: Annotated[int | None, typer.Option(help="Override the preset's number of items.")] = None,
     days: Annotated[int | None, typer.Option(help="Override the preset's number of days.")] = None,
@@ -127,11 +131,30 @@ def validate(
         raise typer.Exit(1)
 
 
-def _run_nightly(run_date: date, config: Path | None, overrides: list[str]) -> dict[str, Any]:
-    from flows.nightly import nightly as nightly_flow
+RunnerOpt = Annotated[str | None, typer.Option(help="Task runner: local or dask (overrides runtime.runner).")]
+DaskOpt = Annotated[
+    str | None, typer.Option(help="tcp://host:8786 of a Dask scheduler (overrides runtime.dask_address).")
+]
 
-    state = nightly_flow(date=run_date.isoformat(), config_path=str(config) if config else None,
-                         overrides=overrides, return_state=True)
+
+def _with_paths(ctx: typer.Context, **set_: Any) -> list[str]:
+    """The command's overrides plus those of its explicit options (e.g. --data -> --data.dir=...)."""
+    return _overrides(ctx) + [f"--{k}={v}" for k, v in set_.items() if v is not None]
+
+
+def _run_nightly(
+    run_date: date, config: Path | None, overrides: list[str], force: bool = False
+) -> dict[str, Any]:
+    from flows.nightly import flow_for
+
+    cfg = load_config(config, overrides)
+    state = flow_for(cfg.runtime)(
+        date=run_date.isoformat(),
+        config_path=str(config) if config else None,
+        overrides=overrides,
+        force=force,
+        return_state=True,
+    )
     typer.echo(f"flow run final state: {state.type.value} ({state.name})")
     if not state.is_completed():
         try:
@@ -148,45 +171,73 @@ def nightly(
     date_: Annotated[str, typer.Option("--date", help="Run date D, YYYY-MM-DD.")],
     data: Annotated[Path | None, typer.Option(help="Input folder (overrides data.dir).")] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (overrides data.out).")] = None,
+    runner: RunnerOpt = None,
+    dask_address: DaskOpt = None,
+    force: Annotated[
+        bool, typer.Option(help="Rerun every stage even when its cached result is valid.")
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Run the nightly Prefect flow for one day."""
+    """Run the nightly Prefect flow for one day (resumes: stages whose outputs are intact are not rerun)."""
     run_date = parse_date(date_)
-    overrides = _overrides(ctx) + [f"--{k}={v}" for k, v in {"data.dir": data, "data.out": out}.items() if v]
-    _config(config, ctx, **{"data.dir": data, "data.out": out})  # fail fast on a bad config
-    summary = _run_nightly(run_date, config, overrides)
+    paths = {
+        "data.dir": data,
+        "data.out": out,
+        "runtime.runner": runner,
+        "runtime.dask_address": dask_address,
+    }
+    overrides = _with_paths(ctx, **paths)
+    _config(config, ctx, **paths)  # fail fast on a bad config
+    summary = _run_nightly(run_date, config, overrides, force)
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 
-@app.command()
+@app.command(context_settings=_OVERRIDES)
 def demo(
-    folder: Annotated[Path, typer.Option("--dir", help="Where the demo writes data/ and out/.")] = Path("demo"),
+    ctx: typer.Context,
+    folder: Annotated[Path, typer.Option("--dir", help="Where the demo writes data/ and out/.")] = Path(
+        "demo"
+    ),
     preset: Annotated[str, typer.Option(help="Synthetic preset.")] = "small",
+    users: Annotated[int | None, typer.Option(help="Override the preset's number of users.")] = None,
+    items: Annotated[int | None, typer.Option(help="Override the preset's number of items.")] = None,
+    days: Annotated[int | None, typer.Option(help="Override the preset's number of days.")] = None,
 ) -> None:
-    """Generate synthetic data and run the nightly flow for one day; print where everything is."""
+    """Generate synthetic data and run the nightly flow for one day; print where everything is.
+
+    Extra --section.key=value overrides go to the flow (e.g. --ranker.epochs=1 for a quicker demo).
+    """
+    from dataclasses import replace
+
     from pipelines import io
     from pipelines.synthetic import PRESETS
     from pipelines.synthetic import generate as run_generate
 
+    if preset not in PRESETS:
+        raise typer.BadParameter(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     data, out = folder / "data", folder / "out"
-    spec = PRESETS[preset]
+    changes = {k: v for k, v in {"users": users, "items": items, "days": days}.items() if v is not None}
+    spec = replace(PRESETS[preset], **changes)
+    overrides = [*_overrides(ctx), f"--data.dir={data}", f"--data.out={out}"]
+    _config(None, ctx, **{"data.dir": data, "data.out": out})
     typer.echo(f"== generating the synthetic '{preset}' data set into {data}")
     run_generate(data, spec)
     dates = io.event_dates(data)
     run_date = dates[-2] if len(dates) > 1 else dates[-1]  # leave D+1 for evaluation
-    typer.echo(f"== running the nightly flow for {run_date} (Prefect, ephemeral server)")
-    summary = _run_nightly(run_date, None, [f"--data.dir={data}", f"--data.out={out}"])
+    typer.echo(
+        f"== running the nightly flow for {run_date} (Prefect, ephemeral server unless PREFECT_API_URL)"
+    )
+    summary = _run_nightly(run_date, None, overrides)
     typer.echo(json.dumps(summary, indent=2, default=str))
     typer.echo("== outputs")
-    for ds in sorted(p.name for p in out.iterdir() if p.is_dir()) if out.is_dir() else []:
+    for ds in sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")):
         part = io.partition_dir(out, ds, run_date)
         if part.is_dir():
             typer.echo(f"  {ds:<12} {part}")
-
-
-def _not_yet(name: str, issue: str) -> None:
-    typer.echo(f"recsys {name}: not available yet ({issue})", err=True)
-    raise typer.Exit(3)
+    typer.echo("== where to look")
+    typer.echo(f"  candidates   {io.partition_dir(out, 'candidates', run_date) / 'part-0.parquet'}")
+    typer.echo(f"  scores       {io.partition_dir(out, 'scores', run_date) / 'part-0.parquet'}")
+    typer.echo(f"  report       {summary['report']}")
 
 
 @app.command(context_settings=_OVERRIDES)
@@ -194,21 +245,38 @@ def backfill(
     ctx: typer.Context,
     start: Annotated[str, typer.Option(help="First date, YYYY-MM-DD.")],
     end: Annotated[str, typer.Option(help="Last date, YYYY-MM-DD (inclusive).")],
-    independent: Annotated[bool, typer.Option(help="Days do not chain warm starts: run in parallel.")] = False,
+    independent: Annotated[
+        bool, typer.Option(help="Days do not chain warm starts: run in parallel.")
+    ] = False,
     max_concurrency: Annotated[int, typer.Option(help="Parallel days with --independent.")] = 2,
     force: Annotated[bool, typer.Option(help="Rerun days already complete with the same config.")] = False,
     data: Annotated[Path | None, typer.Option(help="Input folder (overrides data.dir).")] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (overrides data.out).")] = None,
+    runner: RunnerOpt = None,
+    dask_address: DaskOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Run the nightly flow for every date in [start, end] as subflows; print completed, skipped, failed."""
     from flows.backfill import backfill as backfill_flow
 
-    overrides = _overrides(ctx) + [f"--{k}={v}" for k, v in {"data.dir": data, "data.out": out}.items() if v]
-    _config(config, ctx, **{"data.dir": data, "data.out": out})
-    state = backfill_flow(start=start, end=end, config_path=str(config) if config else None,
-                          overrides=overrides, independent=independent, force=force,
-                          max_concurrency=max_concurrency, return_state=True)
+    paths = {
+        "data.dir": data,
+        "data.out": out,
+        "runtime.runner": runner,
+        "runtime.dask_address": dask_address,
+    }
+    overrides = _with_paths(ctx, **paths)
+    _config(config, ctx, **paths)
+    state = backfill_flow(
+        start=start,
+        end=end,
+        config_path=str(config) if config else None,
+        overrides=overrides,
+        independent=independent,
+        force=force,
+        max_concurrency=max_concurrency,
+        return_state=True,
+    )
     typer.echo(f"flow run final state: {state.type.value} ({state.name})")
     if not state.is_completed():
         raise typer.Exit(1)
@@ -219,9 +287,21 @@ def backfill(
 
 
 @app.command(context_settings=_OVERRIDES)
-def report(date_: Annotated[str, typer.Option("--date", help="Report date, YYYY-MM-DD.")] = "") -> None:
-    """Build the evaluation report of a date (not available yet)."""
-    _not_yet("report", "the operations issue adds it")
+def report(
+    ctx: typer.Context,
+    date_: Annotated[str, typer.Option("--date", help="Report date, YYYY-MM-DD.")],
+    out: Annotated[Path | None, typer.Option(help="Output folder (overrides data.out).")] = None,
+    trend_days: Annotated[int, typer.Option(help="Dates shown in the trend plot.")] = 30,
+    config: ConfigOpt = None,
+) -> None:
+    """(Re)build the evaluation report of a date from the committed outputs: reports/dt=D/report.html."""
+    from pipelines.report import write_report
+
+    cfg = _config(config, ctx, **{"data.out": out})
+    result = write_report(cfg.data.out, parse_date(date_), trend_days=trend_days)
+    typer.echo(json.dumps(result["headline"], indent=2))
+    typer.echo(f"report: {result['html']}")
+    typer.echo(f"metrics: {result['metrics_path']}")
 
 
 @app.command(context_settings=_OVERRIDES)

@@ -1,4 +1,9 @@
-"""Deployments served by `recsys serve`: the nightly flow on a cron, and a parameterised backfill."""
+"""Deployments served by `recsys serve`: the nightly flow on a cron, and a parameterised backfill.
+
+`recsys serve` registers both with the Prefect API (PREFECT_API_URL; a `prefect server start` for the UI)
+and runs their flow runs in its own process until interrupted. Users with a work pool deploy the same two
+flows from prefect.yaml instead (`prefect deploy --all`, docs/operations.md).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from prefect import serve
 from prefect.schedules import Cron
 
 from flows.backfill import backfill
-from flows.nightly import nightly
+from flows.nightly import flow_for
 from pipelines.config import Config
 
 
@@ -17,7 +22,7 @@ def build_deployments(cfg: Config, config_path: Path | None, overrides: list[str
     the backfill deployment (parameters given when it is triggered)."""
     params = {"config_path": str(config_path) if config_path else None, "overrides": overrides}
     return [
-        nightly.to_deployment(
+        flow_for(cfg.runtime).to_deployment(
             name="nightly",
             schedule=Cron(cfg.runtime.cron, timezone=cfg.runtime.timezone),
             concurrency_limit=1,

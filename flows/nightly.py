@@ -1,25 +1,64 @@
 """The nightly flow: one day's run of every stage, as Prefect tasks.
 
-Tasks are thin: they receive the resolved config, the run date and the run info (paths, dates, config; never
-DataFrames), call one stage in `pipelines/`, and return its small summary. Stages write whole partitions through
+    validate -> embeddings & frames (in parallel; the data stages a Dask runner spreads out)
+             -> train retriever (+ index + candidates) -> train ranker -> score
+             -> publish -> report -> commit runs/dt=D (the marker of a complete day)
+
+Tasks are thin: they receive paths, the run date, their own sub-config and the run info (never DataFrames),
+call one stage in `pipelines/`, and return its small summary. Stages write whole partitions through
 `pipelines.io`, so a retried or repeated task replaces its output atomically. A backfill is this flow over
 each date.
+
+Resuming. The stage tasks are cached (`INPUTS + TASK_SOURCE`, minus the run info whose run id changes every
+run) with persisted results: the cache keys live in `<out>/.prefect/cache-keys/`, the result values in
+Prefect's local result storage (`PREFECT_LOCAL_STORAGE_PATH`, default `~/.prefect/storage`). Every cached
+task also receives `inputs_key`: a hash of the run date, its sub-configs, the code revision and the
+fingerprints of what it reads (the input files' sizes and mtimes, the `_manifest.json` of each upstream
+partition, the previous day's model partition it may warm-start from), so the key changes whenever its
+inputs do. Before a cached task runs, the flow checks its output partitions: when one is missing or was
+committed under another config hash, the task runs with `refresh_cache=True`. So a rerun after a crash
+skips the stages whose outputs are intact and reruns the rest. Publish, report and the run marker are cheap
+and idempotent and always run.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import signal
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import Flow, flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy
 from prefect.runtime import flow_run
 
+from features.config import ColumnsConfig, EmbeddingsConfig, FeaturesConfig, SamplingConfig
+from models.config import RankerConfig, RetrieverConfig
 from pipelines import io
-from pipelines.config import Config, config_hash, config_to_dict, load_config, parse_date
+from pipelines.config import (
+    Config,
+    DataConfig,
+    PublishConfig,
+    RuntimeConfig,
+    config_hash,
+    config_to_dict,
+    load_config,
+    parse_date,
+)
 from pipelines.embedding import embed_items
 from pipelines.frames import build_frames
+from pipelines.publish import publish
+from pipelines.ranking import score_stage, train_ranker_stage
+from pipelines.report import write_report
+from pipelines.retriever import train_retriever_stage
 from pipelines.validation import validate_data
+from retrieval.config import IndexConfig
+
+FAULT_ENV = "RECSYS_FAULT_AT"  # test hook: "<task name>" or "publish:<step>" kills the process there
 
 
 class InputError(ValueError):
@@ -46,6 +85,97 @@ def _io_task(fn, name: str, cfg: Config):  # noqa: ANN001, ANN202
     )
 
 
+def _fault_point(name: str) -> None:
+    """Crash tests: SIGKILL this process when RECSYS_FAULT_AT names this point (no effect otherwise)."""
+    if os.environ.get(FAULT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ---------------------------------------------------------------- cache keys
+
+
+def stage_cache_policy(out: Path) -> CachePolicy:
+    """INPUTS + TASK_SOURCE without the run info (its run id is new every run), keys kept under <out>."""
+    keys = Path(out) / ".prefect" / "cache-keys"
+    keys.mkdir(parents=True, exist_ok=True)
+    return ((INPUTS + TASK_SOURCE) - "run").configure(key_storage=str(keys))
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def files_fingerprint(paths: list[Path]) -> str:
+    """Hash of (path, size, mtime) of the given files; a missing file counts as "missing"."""
+    rows = []
+    for p in sorted(paths):
+        try:
+            st = p.stat()
+            rows.append([str(p), st.st_size, st.st_mtime_ns])
+        except FileNotFoundError:
+            rows.append([str(p), "missing"])
+    return _digest(rows)
+
+
+def tree_fingerprint(root: Path, skip: tuple[str, ...] = ()) -> str:
+    """Hash of (relative path, size, mtime) of every file under `root` except the top-level folders `skip`."""
+    rows = []
+    root = Path(root)
+    for dirpath, dirnames, filenames in os.walk(root):
+        if Path(dirpath) == root:
+            dirnames[:] = [d for d in dirnames if d not in skip]
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            st = p.stat()
+            rows.append([str(p.relative_to(root)), st.st_size, st.st_mtime_ns])
+    return _digest(rows)
+
+
+def partition_fingerprint(out: Path, dataset: str, dt: date | None) -> str:
+    """Hash of a committed partition's manifest (it names the run that wrote it, and when); "missing" when
+    none. The `published` section that publishing adds is left out: it does not change the data."""
+    if dt is None or not io.is_committed(out, dataset, dt):
+        return "missing"
+    manifest = io.read_manifest(out, dataset, dt)
+    manifest.pop("published", None)
+    return _digest(manifest)
+
+
+def previous_date(out: Path, dataset: str, dt: date) -> date | None:
+    """Newest committed date of `dataset` before `dt` (the partition a warm start reads), or None."""
+    earlier = [d for d in io.committed_dates(out, dataset) if d < dt]
+    return earlier[-1] if earlier else None
+
+
+def inputs_key(dt: date, run: io.RunInfo, *parts: Any) -> str:
+    """Cache-key component of a stage: run date, code revision and whatever the stage reads."""
+    return _digest([dt.isoformat(), run.code_revision, *parts])
+
+
+def outputs_ok(out: Path, datasets: tuple[str, ...], dt: date, requested_hash: str) -> bool:
+    """True when every output partition of a stage is committed and was made with this config."""
+    for ds in datasets:
+        if not io.is_committed(out, ds, dt):
+            return False
+        if io.read_manifest(out, ds, dt).get("config_hash") != requested_hash:
+            return False
+    return True
+
+
+def event_inputs(data: DataConfig, dt: date) -> list[Path]:
+    """Input files the frames stage reads for day `dt` (users, items, events of its whole window)."""
+    first = dt - timedelta(days=data.train_window_days - 1 + data.history_lookback_days)
+    files = [io.users_path(data.dir), io.items_path(data.dir)]
+    for d, day_files in io.event_files(data.dir).items():
+        if first <= d <= dt + timedelta(days=1):
+            files.extend(day_files)
+    return files
+
+
+# ---------------------------------------------------------------- tasks
+
+
 @task(cache_policy=NO_CACHE)
 def validate_task(cfg: Config, dt: date) -> dict[str, Any]:
     """Check the data contract; raise InputError listing every problem, or return the resolved columns."""
@@ -62,30 +192,153 @@ def validate_task(cfg: Config, dt: date) -> dict[str, Any]:
     }
 
 
-@task(cache_policy=NO_CACHE)
-def frames_task(cfg: Config, dt: date, run: io.RunInfo) -> dict[str, Any]:
-    """Hash bucketing, negative sampling, history features -> frames/dt=D/."""
-    return build_frames(
-        cfg.data.dir, cfg.data.out, dt, cfg.data, cfg.columns, cfg.features, cfg.sampling,
-        cfg.runtime.seed, run,
-    )
-
-
-@task(cache_policy=NO_CACHE)
-def embeddings_task(cfg: Config, dt: date, run: io.RunInfo) -> dict[str, Any]:
+@task(persist_result=True)
+def embeddings_task(
+    data_dir: Path, out: Path, dt: date, cfg: EmbeddingsConfig, run: io.RunInfo, inputs_key: str
+) -> dict[str, Any]:
     """Text and image embeddings of the catalogue (incremental) -> embeddings/dt=D/."""
-    return embed_items(cfg.data.dir, cfg.data.out, dt, cfg.embeddings, run)
+    _fault_point("embeddings")
+    return embed_items(data_dir, out, dt, cfg, run, progress=False)
+
+
+@task(persist_result=True)
+def frames_task(
+    data_dir: Path,
+    out: Path,
+    dt: date,
+    data: DataConfig,
+    columns: ColumnsConfig,
+    features: FeaturesConfig,
+    sampling: SamplingConfig,
+    seed: int,
+    run: io.RunInfo,
+    inputs_key: str,
+) -> dict[str, Any]:
+    """Hash bucketing, negative sampling, history features -> frames/dt=D/."""
+    _fault_point("frames")
+    return build_frames(data_dir, out, dt, data, columns, features, sampling, seed, run)
+
+
+@task(persist_result=True)
+def train_retriever_task(
+    out: Path,
+    dt: date,
+    cfg: RetrieverConfig,
+    index_cfg: IndexConfig,
+    seed: int,
+    device: str,
+    run: io.RunInfo,
+    inputs_key: str,
+) -> dict[str, Any]:
+    """Two-tower training, FAISS index, top-K candidates -> retriever/dt=D/, candidates/dt=D/."""
+    _fault_point("train-retriever")
+    return train_retriever_stage(out, dt, cfg, index_cfg, seed, device, run)
+
+
+@task(persist_result=True)
+def train_ranker_task(
+    out: Path, dt: date, cfg: RankerConfig, seed: int, device: str, run: io.RunInfo, inputs_key: str
+) -> dict[str, Any]:
+    """Ranker training and evaluation -> ranker/dt=D/ (under torchrun when cfg.ddp, see ddp_ranker_stage)."""
+    _fault_point("train-ranker")
+    if cfg.ddp:
+        return ddp_ranker_stage(out, dt, cfg, seed, device, run)
+    return train_ranker_stage(out, dt, cfg, seed, device, run)
+
+
+DDP_NPROC_ENV = "RECSYS_DDP_NPROC"  # processes of a DDP ranker run (default: CUDA devices, else 2)
+
+
+def ddp_ranker_stage(
+    out: Path, dt: date, cfg: RankerConfig, seed: int, device: str, run: io.RunInfo
+) -> dict[str, Any]:
+    """Run the ranker stage data-parallel: `torchrun --standalone --nproc_per_node=N -m flows.ddp_ranker`.
+
+    N is $RECSYS_DDP_NPROC, else the number of CUDA devices, else 2 (CPU processes with gloo). Rank 0
+    commits ranker/dt=D; its summary is returned. A failed rank fails the task with torchrun's output.
+    """
+    import subprocess
+    import sys
+    import tempfile
+
+    import torch
+
+    nproc = int(os.environ.get(DDP_NPROC_ENV) or torch.cuda.device_count() or 2)
+    with tempfile.TemporaryDirectory(prefix="recsys-ddp-") as tmp:
+        job, summary = Path(tmp) / "job.json", Path(tmp) / "summary.json"
+        job.write_text(
+            json.dumps(
+                {
+                    "out": str(out),
+                    "date": dt.isoformat(),
+                    "seed": seed,
+                    "device": device,
+                    "ranker": cfg.model_dump(mode="json"),
+                    "run": {
+                        "run_id": run.run_id,
+                        "config_hash": run.config_hash,
+                        "code_revision": run.code_revision,
+                        "config": run.config,
+                    },
+                    "summary_path": str(summary),
+                },
+                default=str,
+            )
+        )
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "flows.ddp_ranker", str(job)]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"torchrun ranker training failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+        return json.loads(summary.read_text())
+
+
+@task(persist_result=True)
+def score_task(
+    out: Path, dt: date, cfg: RankerConfig, device: str, run: io.RunInfo, inputs_key: str
+) -> dict[str, Any]:
+    """Rank the candidates with the ranker -> scores/dt=D/."""
+    _fault_point("score")
+    return score_stage(out, dt, cfg, device, run)
+
+
+@task(cache_policy=NO_CACHE)
+def publish_task(out: Path, dt: date, run: io.RunInfo, cfg: PublishConfig) -> dict[str, Any]:
+    """Validate and stamp the manifests of candidates/scores dt=D, then move their `_latest.json`."""
+    logger = get_run_logger()
+
+    def step(name: str) -> None:
+        logger.info("publish %s: %s done", dt, name)
+        _fault_point(f"publish:{name}")
+
+    _fault_point("publish")
+    return publish(out, dt, run, cfg, on_step=step)
+
+
+@task(cache_policy=NO_CACHE)
+def report_task(out: Path, dt: date, validation: dict[str, Any]) -> dict[str, Any]:
+    """HTML report + metrics.json -> reports/dt=D/, also published as Prefect artifacts."""
+    _fault_point("report")
+    result = write_report(out, dt, validation=validation)
+    create_markdown_artifact(
+        key="recsys-report", markdown=result["markdown"], description=f"recsys evaluation report {dt}"
+    )
+    create_table_artifact(key="recsys-metrics", table=result["table"], description=f"headline metrics {dt}")
+    return {"html": result["html"], "metrics": result["metrics_path"], "headline": result["headline"]}
 
 
 RUNS_DATASET = "runs"  # runs/dt=D/ is committed last: its manifest marks day D complete
 
 
 @task(cache_policy=NO_CACHE)
-def commit_run_task(cfg: Config, dt: date, run: io.RunInfo, summary: dict[str, Any]) -> None:
+def commit_run_task(out: Path, dt: date, run: io.RunInfo, summary: dict[str, Any]) -> None:
     """Commit runs/dt=D/summary.json last, so a complete day is one whose runs partition exists."""
-    with io.staged_partition(cfg.data.out, RUNS_DATASET, dt, run) as stage:
+    with io.staged_partition(out, RUNS_DATASET, dt, run) as stage:
         stage.write_json("summary.json", summary)
-    io.write_latest(cfg.data.out, RUNS_DATASET, max(dt, io.read_latest(cfg.data.out, RUNS_DATASET) or dt))
+    io.write_latest(out, RUNS_DATASET, max(dt, io.read_latest(out, RUNS_DATASET) or dt))
+
+
+# ---------------------------------------------------------------- flow helpers
 
 
 def day_is_current(out, dt: date, requested_hash: str) -> bool:  # noqa: ANN001
@@ -126,36 +379,115 @@ def date_to_run(date_text: str | None, timezone: str) -> date:
     return scheduled.astimezone(ZoneInfo(timezone)).date() - timedelta(days=1)
 
 
+def _cached(
+    fn: Any, name: str, cfg: Config, outputs: tuple[str, ...], dt: date, requested_hash: str, force: bool
+):  # noqa: ANN202
+    """An IO task with the stage cache policy; refreshes its cache when an output is missing or stale."""
+    refresh = force or not outputs_ok(cfg.data.out, outputs, dt, requested_hash)
+    return _io_task(fn, name, cfg).with_options(
+        cache_policy=stage_cache_policy(cfg.data.out), refresh_cache=refresh
+    )
+
+
 @flow(name="nightly", log_prints=False)
 def nightly(
     date: str | None = None,
     config_path: str | None = None,
     overrides: list[str] | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Run every stage for day D (YYYY-MM-DD; a scheduled run takes the day before its scheduled start) and
-    return a summary of what was written."""
+    return a summary of what was written. `force` reruns every stage even when its cached result is valid."""
     logger = get_run_logger()
     cfg = load_config(config_path, overrides or [])
     dt = date_to_run(date, cfg.runtime.timezone)
     requested_hash = config_hash(cfg)
-    logger.info("nightly %s: data=%s out=%s config=%s", dt, cfg.data.dir, cfg.data.out, requested_hash)
+    out, data_dir = cfg.data.out, cfg.data.dir
+    logger.info("nightly %s: data=%s out=%s config=%s", dt, data_dir, out, requested_hash)
 
     checked = _io_task(validate_task, "validate", cfg)(cfg, dt)
     cfg = resolve_columns(cfg, checked["columns"])
     run = run_info(cfg, requested_hash)
+    seed, device = cfg.runtime.seed, cfg.runtime.device
 
-    emb = _io_task(embeddings_task, "embeddings", cfg).submit(cfg, dt, run)
-    frames = _io_task(frames_task, "frames", cfg).submit(cfg, dt, run)
-    stages = {"embeddings": emb.result(), "frames": frames.result()}
+    def cached(fn, name: str, outputs: tuple[str, ...]):  # noqa: ANN001, ANN202
+        return _cached(fn, name, cfg, outputs, dt, requested_hash, force)
+
+    emb_key = inputs_key(
+        dt, run, requested_hash, cfg.embeddings, tree_fingerprint(data_dir, skip=("events",))
+    )
+    frames_key = inputs_key(
+        dt, run, requested_hash, cfg.data, cfg.columns, cfg.features, cfg.sampling, seed,
+        files_fingerprint(event_inputs(cfg.data, dt)),
+    )  # fmt: skip
+    emb = cached(embeddings_task, "embeddings", ("embeddings",)).submit(
+        data_dir, out, dt, cfg.embeddings, run, inputs_key=emb_key
+    )
+    frames = cached(frames_task, "frames", ("frames",)).submit(
+        data_dir, out, dt, cfg.data, cfg.columns, cfg.features, cfg.sampling, seed, run, inputs_key=frames_key
+    )
+    stages: dict[str, dict[str, Any]] = {"embeddings": emb.result(), "frames": frames.result()}
+    upstream = [partition_fingerprint(out, ds, dt) for ds in ("frames", "embeddings")]
+
+    prev_retriever = partition_fingerprint(out, "retriever", previous_date(out, "retriever", dt))
+    stages["retriever"] = cached(train_retriever_task, "train-retriever", ("retriever", "candidates"))(
+        out, dt, cfg.retriever, cfg.index, seed, device, run,
+        inputs_key=inputs_key(dt, run, requested_hash, *upstream, prev_retriever),
+    )  # fmt: skip
+    prev_ranker = partition_fingerprint(out, "ranker", previous_date(out, "ranker", dt))
+    stages["ranker"] = cached(train_ranker_task, "train-ranker", ("ranker",))(
+        out, dt, cfg.ranker, seed, device, run,
+        inputs_key=inputs_key(dt, run, requested_hash, *upstream, prev_ranker),
+    )  # fmt: skip
+    scored_from = [partition_fingerprint(out, ds, dt) for ds in ("ranker", "candidates")]
+    stages["scores"] = cached(score_task, "score", ("scores",))(
+        out,
+        dt,
+        cfg.ranker,
+        device,
+        run,
+        inputs_key=inputs_key(dt, run, requested_hash, *upstream, *scored_from),
+    )
+
+    published = _io_task(publish_task, "publish", cfg)(out, dt, run, cfg.publish)
+    validation = {"warnings": checked["warnings"], **checked["stats"]}
+    report = _io_task(report_task, "report", cfg)(out, dt, validation)
 
     summary: dict[str, Any] = {
         "date": dt.isoformat(),
         "run_id": run.run_id,
         "config_hash": run.config_hash,
-        "out": str(cfg.data.out),
-        "validation": {"warnings": checked["warnings"], **checked["stats"]},
+        "out": str(out),
+        "validation": validation,
         "stages": {name: _brief(result) for name, result in stages.items()},
+        "published": published["published"],
+        "latest": published["latest"],
+        "report": report["html"],
+        "metrics": report["headline"],
     }
-    _io_task(commit_run_task, "commit-run", cfg)(cfg, dt, run, summary)
-    logger.info("nightly %s done: %s", dt, summary)
+    _io_task(commit_run_task, "commit-run", cfg)(out, dt, run, summary)
+    logger.info(
+        "nightly %s done: published %s, latest %s, metrics %s",
+        dt, published["published"], published["latest"], report["headline"],
+    )  # fmt: skip
     return summary
+
+
+def flow_for(runtime: RuntimeConfig) -> Flow:
+    """The nightly flow with the task runner of `runtime.runner`.
+
+    "local": Prefect's thread pool in this process. "dask": prefect-dask's DaskTaskRunner against the cluster
+    at `runtime.dask_address` (a temporary local cluster when it is None); the submitted data stages
+    (embeddings, frames) run on its workers, which need this package installed and `data.dir`/`data.out`
+    on a file system they share. Training and scoring are called in the flow's process (the GPU box).
+    """
+    if runtime.runner == "local":
+        return nightly
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError as err:
+        raise RuntimeError(
+            "runtime.runner=dask needs prefect-dask; fix: pip install 'recsys-pipeline[dask]'"
+        ) from err
+    kwargs = {"address": runtime.dask_address} if runtime.dask_address else {}
+    return nightly.with_options(task_runner=DaskTaskRunner(**kwargs))

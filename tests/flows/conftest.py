@@ -11,3 +11,44 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def tiny_flow_data(tmp_path_factory):
+    """A tiny synthetic data set (300 users, 200 items, 5 days) shared by the operations tests."""
+    from dataclasses import replace
+
+    from pipelines.synthetic import PRESETS, generate
+
+    data = tmp_path_factory.mktemp("ops") / "data"
+    generate(data, replace(PRESETS["small"], users=300, items=200, days=5))
+    return data
+
+
+# tiny model settings: the flow tests check orchestration, not model quality
+TINY_MODELS = [
+    "--data.train_window_days=2",
+    "--runtime.device=cpu",
+    "--runtime.task_retry_delay_s=0",
+    "--features.id_buckets={user_id: 2000, item_id: 1000}",
+    "--retriever.epochs=1",
+    "--retriever.dim=16",
+    "--retriever.field_dim=8",
+    "--retriever.hidden=[32]",
+    "--retriever.top_k=20",
+    "--ranker.epochs=1",
+    "--ranker.field_dim=8",
+    "--ranker.experts=2",
+    "--ranker.rank=8",
+    "--ranker.mlp=[32]",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides():
+    """Overrides of a quick flow run: `tiny_overrides(data, out)` -> list of --section.key=value."""
+
+    def make(data, out) -> list[str]:
+        return [f"--data.dir={data}", f"--data.out={out}", *TINY_MODELS]
+
+    return make
