@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from models import checkpoint
 from models.config import RetrieverConfig
 from models.inputs import Batch, FieldLayout
 from models.losses import info_nce
@@ -54,7 +54,6 @@ from models.towers import TwoTower
 log = logging.getLogger(__name__)
 
 ITEM_IDX = "item_idx"  # key of the catalogue row of each positive in an item batch
-_CHECKPOINT_FORMAT = 1
 _CHECKPOINT_KIND = "retriever"
 
 
@@ -374,33 +373,11 @@ def save_retriever(path: Path | str, model: TwoTower, meta: dict[str, Any] | Non
     clash = sorted(k for k in args if k in meta)
     if clash:
         raise ValueError(f"save_retriever({path}): meta keys {clash} are build arguments; fix: rename them")
-    payload = {
-        "format": _CHECKPOINT_FORMAT,
-        "kind": _CHECKPOINT_KIND,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "meta": {**meta, **args},
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return checkpoint.write(path, _CHECKPOINT_KIND, model, {**meta, **args})
 
 
 def _read(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ValueError(f"checkpoint {path} does not exist; fix: train first or point to an existing file")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if (
-        not isinstance(payload, dict)
-        or payload.get("format") != _CHECKPOINT_FORMAT
-        or payload.get("kind") != _CHECKPOINT_KIND
-    ):
-        raise ValueError(
-            f"checkpoint {path} is not a retriever checkpoint (format {_CHECKPOINT_FORMAT}); fix: re-save it "
-            "with models.retriever_train.save_retriever"
-        )
-    return payload
+    return checkpoint.read(path, _CHECKPOINT_KIND)
 
 
 def load_retriever(path: Path | str) -> tuple[TwoTower, dict[str, Any]]:

@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from models import checkpoint
 from models.config import RankerConfig
 from models.inputs import Batch, FieldLayout
 from models.metrics import auc
@@ -39,7 +40,7 @@ from models.ranker import build_ranker
 log = logging.getLogger(__name__)
 
 _DDP_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-_CHECKPOINT_FORMAT = 1
+_CHECKPOINT_KIND = "ranker"
 
 
 @dataclass
@@ -280,27 +281,11 @@ def save_checkpoint(path: Path | str, model: nn.Module, meta: dict[str, Any] | N
         raise ValueError(
             f"save_checkpoint({path}): meta keys {clash} disagree with the model; fix: drop them from meta"
         )
-    payload = {
-        "format": _CHECKPOINT_FORMAT,
-        "state_dict": {k: v.detach().cpu() for k, v in inner.state_dict().items()},
-        "meta": {**meta, **build},
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return checkpoint.write(path, _CHECKPOINT_KIND, inner, {**meta, **build})
 
 
 def _read(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ValueError(f"checkpoint {path} does not exist; fix: train first or point to an existing file")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != _CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"checkpoint {path} is not a ranker checkpoint (format {_CHECKPOINT_FORMAT}); fix: re-save it"
-        )
-    return payload
+    return checkpoint.read(path, _CHECKPOINT_KIND)
 
 
 def load_checkpoint(path: Path | str) -> tuple[nn.Module, dict[str, Any]]:
