@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io as _io
 import tempfile
-import warnings
 from datetime import date
 from pathlib import Path
 
@@ -26,35 +25,9 @@ CFG = EmbeddingsConfig(device="cpu", batch_size=2)
 
 
 @pytest.fixture(scope="module")
-def tiny_text_cfg(tmp_path_factory: pytest.TempPathFactory) -> EmbeddingsConfig:
-    """A 1-layer, 8-dim BERT saved as a local sentence-transformers folder (the "local path" branch).
-
-    Loads in well under a second, so the tests that only check caching need not load MiniLM again.
-    """
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    with warnings.catch_warnings():  # `models` moved in sentence-transformers 6; the old path still works
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from sentence_transformers import SentenceTransformer, models
-
-    d = tmp_path_factory.mktemp("tiny_st")
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "red", "blue", "green", "cotton", "dress", "wool"]
-    torch.manual_seed(0)
-    bert = BertModel(
-        BertConfig(
-            vocab_size=len(words),
-            hidden_size=8,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=16,
-            max_position_embeddings=32,
-        )
-    )
-    bert.save_pretrained(d / "hf")
-    BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}).save_pretrained(d / "hf")
-    SentenceTransformer(modules=[models.Transformer(str(d / "hf")), models.Pooling(8)]).save(str(d / "st"))
-    return EmbeddingsConfig(text_model=str(d / "st"), device="cpu", batch_size=2)
+def tiny_text_cfg(tiny_text_model: Path) -> EmbeddingsConfig:
+    """The tiny local sentence-transformers model of tests/conftest.py (the "local path" branch)."""
+    return EmbeddingsConfig(text_model=str(tiny_text_model), device="cpu", batch_size=2)
 
 
 def png(rgb: tuple[int, int, int]) -> bytes:

@@ -8,7 +8,6 @@ MiniLM load) and the colour/edge image descriptor.
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
@@ -16,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -44,56 +42,15 @@ FEATURES = FeaturesConfig(
 CFG = RankerConfig(epochs=1, batch_size=256, mlp=[32], rank=8, field_dim=8, amp=False)
 
 
-def _tiny_text_model(root: Path) -> EmbeddingsConfig:
-    """A 1-layer, 8-dim BERT with a 12-word vocabulary, saved as a sentence-transformers folder."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    with warnings.catch_warnings():  # `models` moved in sentence-transformers 6; the old path still works
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from sentence_transformers import SentenceTransformer, models
-
-    words = [
-        "[PAD]",
-        "[UNK]",
-        "[CLS]",
-        "[SEP]",
-        "[MASK]",
-        "red",
-        "blue",
-        "black",
-        "shirt",
-        "shoe",
-        "bag",
-        "cotton",
-    ]
-    torch.manual_seed(0)
-    bert = BertModel(
-        BertConfig(
-            vocab_size=len(words),
-            hidden_size=8,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=16,
-            max_position_embeddings=64,
-        )
-    )
-    bert.save_pretrained(root / "hf")
-    BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}).save_pretrained(root / "hf")
-    SentenceTransformer(modules=[models.Transformer(str(root / "hf")), models.Pooling(8)]).save(
-        str(root / "st")
-    )
-    return EmbeddingsConfig(text_model=str(root / "st"), device="cpu", batch_size=64)
-
-
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def world(tmp_path_factory: pytest.TempPathFactory, tiny_text_model: Path) -> dict:
     """Data, frames and embeddings of two consecutive run dates (each with a D+1 eval day)."""
     root = tmp_path_factory.mktemp("ranking")
     data, out = root / "data", root / "out"
     generate(data, replace(PRESETS["small"], users=300, items=200, days=5))
     cfg = Config(data=DataConfig(dir=data, out=out, train_window_days=3), features=FEATURES)
     run = io.RunInfo.new(config_to_dict(cfg), config_hash(cfg), run_id="frames")
-    emb_cfg = _tiny_text_model(root / "st")
+    emb_cfg = EmbeddingsConfig(text_model=str(tiny_text_model), device="cpu", batch_size=64)
     dates = io.event_dates(data)
     days = [dates[-3], dates[-2]]  # both have a next day: eval_ranker / eval_retrieval exist
     for d in days:
