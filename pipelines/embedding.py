@@ -156,18 +156,20 @@ def _resolve(
     return emb_all, ok, dim, counts, failed
 
 
+def _optional_strings(items: pl.DataFrame, column: str, modality: str) -> pl.Series:
+    """items[column] as strings with blank values as null; all null (and a warning) when the column is absent."""
+    if column not in items.columns:
+        log.warning("items.parquet has no %r column: every item gets a zero %s embedding", column, modality)
+        return pl.Series(column, [None] * items.height, dtype=pl.String)
+    values = items.select(pl.col(column).cast(pl.String))
+    return values.select(pl.when(pl.col(column).str.strip_chars() != "").then(pl.col(column)))[column]
+
+
 def _embed_text(
     items: pl.DataFrame, out: Path, cfg: EmbeddingsConfig, progress: bool | None
 ) -> tuple[_Encoded, str]:
     model_id = text_model_id(cfg.text_model)
-    if TITLE_COL in items.columns:
-        titles = items[TITLE_COL].cast(pl.String)
-    else:
-        log.warning("items.parquet has no %r column: every item gets a zero text embedding", TITLE_COL)
-        titles = pl.Series(TITLE_COL, [None] * items.height, dtype=pl.String)
-    titles = pl.DataFrame({"t": titles}).select(
-        pl.when(pl.col("t").str.strip_chars() != "").then(pl.col("t")).alias("t")
-    )["t"]
+    titles = _optional_strings(items, TITLE_COL, "text")
     item_hash = _hash_distinct(titles, content_hash)
     by_hash = pl.DataFrame({"content_hash": item_hash, "title": titles}).drop_nulls().unique("content_hash")
 
@@ -194,14 +196,7 @@ def _embed_images(
     items: pl.DataFrame, data_dir: Path, out: Path, cfg: EmbeddingsConfig, progress: bool | None
 ) -> tuple[_Encoded, str]:
     model_id = image_model_id(cfg.image_model)
-    if IMAGE_COL in items.columns:
-        paths = items[IMAGE_COL].cast(pl.String)
-    else:
-        log.warning("items.parquet has no %r column: every item gets a zero image embedding", IMAGE_COL)
-        paths = pl.Series(IMAGE_COL, [None] * items.height, dtype=pl.String)
-    paths = pl.DataFrame({"p": paths}).select(
-        pl.when(pl.col("p").str.strip_chars() != "").then(pl.col("p")).alias("p")
-    )["p"]
+    paths = _optional_strings(items, IMAGE_COL, "image")
 
     def file_hash(rel: str) -> str | None:
         payload = io.read_input_file(data_dir, rel)
