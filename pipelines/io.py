@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 log = logging.getLogger(__name__)
 
@@ -331,6 +333,33 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     _fsync_dir(path.parent)
 
 
+class TableWriter:
+    """Appends polars frames to one Parquet file (one row group or more per `write`); see
+    `StagedPartition.table_writer`. Every frame must have the schema of the first one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._schema: pa.Schema | None = None
+
+    def write(self, df: pl.DataFrame) -> None:
+        """df: one block of rows; the first block fixes the schema of the file."""
+        table = df.to_arrow()
+        if self._writer is None:
+            self._schema = table.schema
+            self._writer = pq.ParquetWriter(self.path, table.schema, write_statistics=True)
+        elif table.schema != self._schema:
+            table = table.cast(self._schema)  # same names and order; e.g. large_string vs string views
+        self._writer.write_table(table)
+        self.rows += df.height
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
 class StagedPartition:
     """A partition being written; see `staged_partition`."""
 
@@ -352,6 +381,22 @@ class StagedPartition:
         df.write_parquet(target, statistics=True)
         self.rows[name] = df.height
         return target
+
+    @contextlib.contextmanager
+    def table_writer(self, name: str = "part-0") -> Iterator[TableWriter]:
+        """Write `<name>.parquet` in pieces: `w.write(df)` per block, all blocks with one schema.
+
+        For tables larger than memory (per-user-block stages). The file is complete when the block
+        exits and is committed with the rest of the partition; its row count goes into the manifest.
+        A block that writes nothing leaves no file unless `w.write` got an empty frame (schema only).
+        """
+        writer = TableWriter(self.dir / f"{name}.parquet")
+        try:
+            yield writer
+        finally:
+            writer.close()
+        if writer.path.exists():
+            self.rows[name] = writer.rows
 
     def write_json(self, name: str, obj: Any) -> Path:
         target = self.dir / name

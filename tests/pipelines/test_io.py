@@ -144,3 +144,25 @@ def test_write_read_round_trip(tmp_path_factory, ints: list[int], texts: list[st
     with io.staged_partition(out, "t", D, _run()) as stage:
         stage.write_table(df)
     assert io.read_table(out, "t", D).equals(df)
+
+
+def test_table_writer_appends_blocks_and_counts_rows(tmp_path):
+    # two blocks of 2 and 1 rows -> one file with 3 rows in write order; manifest rows = 3
+    run = io.RunInfo.new({"x": 1}, "h")
+    with io.staged_partition(tmp_path, "scores", date(2024, 3, 1), run) as stage:
+        with stage.table_writer() as w:
+            w.write(pl.DataFrame({"user_id": ["a", "b"], "score": [0.5, 0.25]}))
+            w.write(pl.DataFrame({"user_id": ["c"], "score": [1.0]}))
+    got = io.read_table(tmp_path, "scores", date(2024, 3, 1))
+    assert got["user_id"].to_list() == ["a", "b", "c"]
+    assert io.read_manifest(tmp_path, "scores", date(2024, 3, 1))["rows"] == {"part-0": 3}
+
+
+def test_table_writer_failure_commits_nothing(tmp_path):
+    run = io.RunInfo.new({"x": 1}, "h")
+    with pytest.raises(RuntimeError):
+        with io.staged_partition(tmp_path, "scores", date(2024, 3, 1), run) as stage:
+            with stage.table_writer() as w:
+                w.write(pl.DataFrame({"user_id": ["a"]}))
+                raise RuntimeError("boom")
+    assert not io.is_committed(tmp_path, "scores", date(2024, 3, 1))
