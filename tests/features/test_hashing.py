@@ -7,6 +7,8 @@ import logging
 import mmh3
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,6 +18,7 @@ from features.hashing import (
     NULL_BUCKET,
     FieldSpec,
     Vocab,
+    _dictionary_codes,
     bucket_column,
     bucket_of,
     bucketize,
@@ -149,6 +152,54 @@ def test_global_categorical_with_foreign_categories() -> None:
     pl.Series([f"other_{i}" for i in range(2000)]).cast(pl.Categorical)
     s = pl.Series(["b", "a", None, "b", ""]).cast(pl.Categorical)
     assert hash_series(s, 11, 5).to_list() == [bucket_of(v, 11, 5) for v in ["b", "a", None, "b", ""]]
+
+
+def test_narrow_int_widths_do_not_wrap() -> None:
+    # Int8 -128..127 spans 256 keys: value - (-128) must be taken in int64 (127 + 128 = 255 wraps in int8)
+    s = pl.Series([-128, 127, None, 0, -1], dtype=pl.Int8)
+    assert hash_series(s, 50, 3).to_list() == [bucket_of(v, 50, 3) for v in [-128, 127, None, 0, -1]]
+    u = pl.Series([255, 0, None, 7], dtype=pl.UInt8)
+    assert hash_series(u, 50, 3).to_list() == [bucket_of(v, 50, 3) for v in [255, 0, None, 7]]
+
+
+def test_string_column_in_several_chunks() -> None:
+    # a frame read from Parquet holds one chunk per row group; each chunk has its own nulls, "" and values
+    parts = [["b", None, ""], ["a", "b"], [None, "héllo, a longer string than 12 bytes", "a"]]
+    s = pl.concat([pl.Series("c", p, dtype=pl.String) for p in parts], rechunk=False)
+    assert s.n_chunks() == 3
+    flat = [v for p in parts for v in p]
+    assert hash_series(s, 101, 42).to_list() == [bucket_of(v, 101, 42) for v in flat]
+
+
+def test_dictionary_codes_unifies_differing_chunk_dictionaries() -> None:
+    # chunk 1: dictionary [a, b], indices [0, 1]; chunk 2: dictionary [b, c], indices [0, 1, 0]
+    # -> one dictionary [a, b, c]; the rows a, b, b, c, b get codes [0, 1, 1, 2, 1]
+    chunks = pa.chunked_array(
+        [
+            pa.DictionaryArray.from_arrays(pa.array([0, 1], pa.int32()), pa.array(["a", "b"])),
+            pa.DictionaryArray.from_arrays(pa.array([0, 1, 0], pa.int32()), pa.array(["b", "c"])),
+        ]
+    )
+    codes, dictionary = _dictionary_codes(chunks)
+    assert codes.tolist() == [0, 1, 1, 2, 1]
+    assert dictionary.to_pylist() == ["a", "b", "c"]
+
+
+def test_parquet_dictionary_columns_give_the_string_buckets(tmp_path) -> None:  # noqa: ANN001
+    # Parquet stores a String column dictionary-encoded; read_dictionary keeps it, polars sees Categorical
+    df = pl.DataFrame({"brand": ["x", None, "y", "x", ""], "user_id": [3, 1, None, 3, 2]})
+    path = tmp_path / "t.parquet"
+    df.write_parquet(path, row_group_size=2)
+    read = pl.from_arrow(pq.read_table(path, read_dictionary=["brand"]))
+    assert isinstance(read.schema["brand"], pl.Categorical)
+    fields = [FieldSpec("brand", ("brand",), 7, "item"), FieldSpec("user_id", ("user_id",), 5, "user")]
+    assert bucketize(read, fields, 9).equals(bucketize(df, fields, 9).with_columns(read["brand"]))
+    assert bucketize(read, fields, 9)["bkt_brand"].to_list() == [bucket_of(v, 7, 9) for v in df["brand"]]
+
+
+def test_bucketize_threads_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="threads"):
+        bucketize(pl.DataFrame({"a": [1]}), [FieldSpec("a", ("a",), 4, "item")], 0, threads=0)
 
 
 # ---------------------------------------------------------------- properties
@@ -298,3 +349,60 @@ def test_collision_report_no_collisions_with_many_buckets() -> None:
     used = len({bucket_of(v, 2**20, 0) for v in "abc"})
     assert (report["distinct"], report["used"], report["colliding"]) == (3, used, 3 - used)
     assert 0 <= report["expected_colliding"] < 1e-5  # 3 values in 1M buckets: ~3e-6 expected collisions
+
+
+@settings(max_examples=40, deadline=None)
+@given(values=_texts, buckets=_buckets, seed=_seeds, cut=st.integers(0, 30))
+def test_string_categorical_enum_dictionary_inputs_agree(
+    values: list, buckets: int, seed: int, cut: int
+) -> None:
+    # the same texts as String (in two chunks), global Categorical, Enum and an Arrow dictionary column
+    cut = min(cut, len(values))
+    as_str = pl.concat(
+        [pl.Series("c", values[:cut], dtype=pl.String), pl.Series("c", values[cut:], dtype=pl.String)],
+        rechunk=False,
+    )
+    expected = [bucket_of(v, buckets, seed) for v in values]
+    categories = sorted({v for v in values if v is not None})
+    as_dict = pl.from_arrow(pa.array(values, pa.string()).dictionary_encode())
+    assert isinstance(as_dict, pl.Series) and isinstance(as_dict.dtype, pl.Categorical)
+    inputs = {
+        "String": as_str,
+        "Categorical": as_str.cast(pl.Categorical),
+        "Categorical (local)": as_str.cast(pl.Categorical(pl.Categories.random())),
+        "Enum": as_str.cast(pl.Enum(categories)),
+        "Arrow dictionary": as_dict,
+    }
+    for name, series in inputs.items():
+        assert hash_series(series, buckets, seed).to_list() == expected, name
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.just(""), st.text(max_size=4)),
+            st.one_of(st.none(), st.integers(-5, 10**6)),
+            st.one_of(st.none(), st.sampled_from(["M", "F", ""])),
+        ),
+        max_size=30,
+    ),
+    seed=_seeds,
+)
+def test_bucketize_threaded_equals_serial(rows: list, seed: int) -> None:
+    df = pl.DataFrame(
+        {"brand": [r[0] for r in rows], "user_id": [r[1] for r in rows], "gender": [r[2] for r in rows]},
+        schema={"brand": pl.String, "user_id": pl.Int64, "gender": pl.String},
+    )
+    fields = [
+        FieldSpec("brand", ("brand",), 13, "item"),
+        FieldSpec("user_id", ("user_id",), 1000, "user"),
+        FieldSpec("gender", ("gender",), 4, "user"),
+        FieldSpec("gender_x_brand", ("gender", "brand"), 50, "cross"),
+    ]
+    serial = bucketize(df, fields, seed, threads=1)
+    assert serial["bkt_user_id"].to_list() == [bucket_of(r[1], 1000, seed) for r in rows]
+    assert serial["bkt_gender_x_brand"].to_list() == [bucket_of((r[2], r[0]), 50, seed) for r in rows]
+    assert bucketize(df, fields, seed).equals(serial)  # the default is serial
+    for threads in (2, 4):
+        assert bucketize(df, fields, seed, threads=threads).equals(serial)
