@@ -1,18 +1,35 @@
-"""The frames stage on a tiny data set written here (4 users, 5 items, 4 days of events)."""
+"""The frames stage on a tiny data set written here (4 users, 5 items, 4 days of events), built in one
+user block and in three (every hand-worked expectation must hold for both), plus the block machinery:
+user -> block hashing, moments merged over blocks, and 1 vs 3 blocks on a generated data set."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, date, datetime
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import mmh3
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from features.config import ColumnsConfig, FeaturesConfig, SamplingConfig
 from pipelines import io
 from pipelines.config import DataConfig
-from pipelines.frames import build_frames, resolve_columns
+from pipelines.frames import (
+    _BLOCK_HASH_SEED,
+    block_seed,
+    build_frames,
+    choose_blocks,
+    merge_moments,
+    numeric_moments,
+    resolve_columns,
+    stats_from_moments,
+    user_block,
+)
+from pipelines.synthetic import PRESETS, generate
 
 D = date(2024, 3, 3)  # run date; W = 2 -> train day 03-02, valid day 03-03; lookback 1 day -> 03-01
 FEATURES = FeaturesConfig(
@@ -89,15 +106,20 @@ def write_data(root: Path, last_day: int = 4) -> Path:
     return root
 
 
-def run(data: Path, out: Path, dt: date = D, seed: int = 7) -> dict:
-    return build_frames(data, out, dt, DATA, ColumnsConfig(), FEATURES, SAMPLING, seed, RUN)
+def run(data: Path, out: Path, dt: date = D, seed: int = 7, n_blocks: int | None = None) -> dict:
+    return build_frames(
+        data, out, dt, DATA, ColumnsConfig(), FEATURES, SAMPLING, seed, RUN, n_blocks=n_blocks
+    )
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict[str, pl.DataFrame]]:
+# n_blocks=3 puts u1, u2, u4 in block 1 and u3 in block 2 (block 0 is empty): see test_user_block_*
+@pytest.fixture(scope="module", params=[None, 3], ids=["auto-blocks", "3-blocks"])
+def built(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict, dict[str, pl.DataFrame]]:
     root = tmp_path_factory.mktemp("frames")
     data = write_data(root / "data")
-    manifest = run(data, root / "out")
+    manifest = run(data, root / "out", n_blocks=request.param)
     part = io.partition_dir(root / "out", "frames", D)
     tables = {p.stem: pl.read_parquet(p) for p in part.glob("*.parquet")}
     return part, manifest, tables
@@ -114,6 +136,8 @@ def test_files_and_row_counts(built: tuple) -> None:
         "retriever_train", "retriever_valid", "users",
     ]  # fmt: skip
     assert (part / "vocab.json").is_file() and (part / "numeric_stats.json").is_file()
+    assert not (part / "_scratch").exists()  # per-block scratch files are removed before the commit
+    assert manifest["blocks"] in (1, 3) and manifest["events_read"] == 14  # OLD_EVENT is before 03-01
     # positives: day 2 -> (u1,i2) (u2,i1); day 3 -> (u1,i3) (u3,i4); day 4 -> (u1,i4) (u3,i2)
     assert manifest["rows"]["retriever_train"] == 2
     assert manifest["rows"]["retriever_valid"] == 2
@@ -278,7 +302,8 @@ def test_vocab_matches_hashed_columns(built: tuple) -> None:
 def test_deterministic_for_a_seed(tmp_path: Path, built: tuple) -> None:
     part, _, tables = built
     data = write_data(tmp_path / "data")
-    run(data, tmp_path / "out")
+    manifest = json.loads((part / "_manifest.json").read_text())
+    run(data, tmp_path / "out", n_blocks=manifest["blocks"])
     again = io.partition_dir(tmp_path / "out", "frames", D)
     for name, df in tables.items():
         assert pl.read_parquet(again / f"{name}.parquet").equals(df), name
@@ -325,3 +350,171 @@ def test_resolve_columns_declared_and_inferred() -> None:
         resolve_columns(users, items, ColumnsConfig(item_numeric=["weight"]))
     with pytest.raises(ValueError, match="both have attribute column"):
         resolve_columns(users, items.with_columns(age=pl.lit(1)), ColumnsConfig())
+
+
+# ---------------------------------------------------------------- user blocks
+
+
+def test_choose_blocks_by_hand() -> None:
+    # ceil(n / per_block), at least 1: 0 -> 1, 1M -> 1, 1M + 1 -> 2, 18.5M -> 19 (per block 1M)
+    assert [choose_blocks(n) for n in (0, 1_000_000, 1_000_001, 18_500_000)] == [1, 1, 2, 19]
+    assert choose_blocks(10, events_per_block=3) == 4  # 10 / 3 = 3.33 -> 4
+    with pytest.raises(ValueError, match="events_per_block"):
+        choose_blocks(10, events_per_block=0)
+
+
+def test_user_block_is_murmur3_mod_n() -> None:
+    # reference computed with the mmh3 library directly: murmur3_x86_32(id, seed) mod n
+    ids = ["u1", "u2", "u3", "u4"]
+    want = [mmh3.hash(u, _BLOCK_HASH_SEED, signed=False) % 3 for u in ids]
+    assert user_block(pl.Series(ids), 3).to_list() == want == [1, 1, 2, 1]
+    assert user_block(pl.Series(ids), 1).to_list() == [0, 0, 0, 0]
+    with pytest.raises(ValueError, match="n_blocks"):
+        user_block(pl.Series(ids), 0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(ids=st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=30), n=st.integers(1, 12))
+def test_user_block_in_range_and_deterministic(ids: list[str], n: int) -> None:
+    """A user always lands in the same block in [0, n), whatever else is in the series."""
+    blocks = user_block(pl.Series(ids), n).to_list()
+    assert all(0 <= b < n for b in blocks)
+    alone = [user_block(pl.Series([u]), n).item() for u in ids]
+    assert blocks == alone
+
+
+def test_block_seeds_differ_and_repeat() -> None:
+    seeds = [block_seed(7, b) for b in range(5)] + [block_seed(8, 0)]
+    assert len(set(seeds)) == 6 and all(0 <= s < 2**63 for s in seeds)
+    assert block_seed(7, 3) == block_seed(7, 3)
+
+
+def test_moments_by_hand() -> None:
+    # x = [1, 3, null]: count 2, mean 2, M2 = 1 + 1 = 2 -> population std 1; y all null -> mean 0, std 1
+    df = pl.DataFrame({"x": [1.0, 3.0, None], "y": pl.Series([None, None, None], dtype=pl.Float64)})
+    m = numeric_moments(df, ["x", "y"])
+    assert m == {"x": (2, 2.0, 2.0), "y": (0, 0.0, 0.0)}
+    stats = stats_from_moments(m, ["x", "y"])
+    assert stats == {"x": {"mean": 2.0, "std": 1.0, "count": 2}, "y": {"mean": 0.0, "std": 1.0, "count": 0}}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    xs=st.lists(st.one_of(st.none(), st.floats(-1e3, 1e3)), min_size=0, max_size=40),
+    cuts=st.lists(st.integers(0, 40), max_size=4),
+)
+def test_merged_moments_equal_moments_of_the_whole(xs: list[float | None], cuts: list[int]) -> None:
+    """Splitting the rows into blocks anyhow and merging gives the moments of all rows at once."""
+    whole = pl.DataFrame({"x": pl.Series(xs, dtype=pl.Float64)})
+    bounds = sorted({0, len(xs), *(min(c, len(xs)) for c in cuts)})
+    merged: dict = {}
+    for lo, hi in zip(bounds, bounds[1:], strict=False):
+        merged = merge_moments(merged, numeric_moments(whole.slice(lo, hi - lo), ["x"]))
+    n, mean, m2 = numeric_moments(whole, ["x"])["x"]
+    got = merged.get("x", (0, 0.0, 0.0))
+    assert got[0] == n
+    assert got[1] == pytest.approx(mean, abs=1e-9)
+    assert got[2] == pytest.approx(m2, rel=1e-9, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def one_vs_three(tmp_path_factory: pytest.TempPathFactory) -> dict[int, tuple[Path, dict]]:
+    """A generated data set (300 users, 200 items, 5 days) built with 1 and with 3 user blocks."""
+    root = tmp_path_factory.mktemp("blocks")
+    data = root / "data"
+    generate(data, replace(PRESETS["small"], users=300, items=200, days=5))
+    dt = io.event_dates(data)[-2]
+    cfg = DataConfig(train_window_days=3, history_lookback_days=2)
+    built = {}
+    for nb in (1, 3):
+        out = root / f"out{nb}"
+        m = build_frames(data, out, dt, cfg, ColumnsConfig(), FEATURES, SamplingConfig(), 0, RUN, n_blocks=nb)
+        built[nb] = (io.partition_dir(out, "frames", dt), m)
+    return built
+
+
+def _table(part: Path, name: str) -> pl.DataFrame:
+    return pl.read_parquet(part / f"{name}.parquet").sort("ts", "user_id", "item_id", maintain_order=True)
+
+
+def test_one_and_three_blocks_give_the_same_positives(one_vs_three: dict) -> None:
+    (p1, m1), (p3, m3) = one_vs_three[1], one_vs_three[3]
+    assert (m1["blocks"], m3["blocks"]) == (1, 3)
+    assert m1["rows"] == m3["rows"]
+    assert m1["collisions"] == m3["collisions"]
+    for split in ("train", "valid", "eval"):  # same positives; same negative counts (no slot unfilled)
+        keys = ("positives", "negatives", "real", "sampled", "unfilled")
+        assert {k: m1["negatives"][split][k] for k in keys} == {k: m3["negatives"][split][k] for k in keys}
+    num = [c for c in pl.read_parquet(p1 / "ranker_train.parquet").columns if c.startswith("num_")]
+    user_num = [c for c in num if c.startswith("num_user_")]
+    assert user_num and len(num) > len(user_num)  # the generated data has user and item numeric columns
+    for name in ("retriever_train", "retriever_valid", "users"):
+        a, b = (
+            _table(p, name) if name != "users" else pl.read_parquet(p / "users.parquet") for p in (p1, p3)
+        )
+        assert a.drop(user_num).equals(b.drop(user_num)), name
+        for c in user_num:  # standardised with statistics merged over blocks: equal up to float rounding
+            assert a[c].to_list() == pytest.approx(b[c].to_list(), abs=1e-5), (name, c)
+    for name in ("ranker_train", "ranker_valid", "eval_ranker"):
+        pos1 = _table(p1, name).filter(pl.col("label") == 1)
+        pos3 = _table(p3, name).filter(pl.col("label") == 1)
+        # num_item_* is standardised with item statistics, which depend on the sampled negatives
+        assert pos1.drop(num).equals(pos3.drop(num)), name
+        for c in user_num:
+            assert pos1[c].to_list() == pytest.approx(pos3[c].to_list(), abs=1e-5), (name, c)
+        # every user gets the same number of negatives; which items may differ (other seed per block)
+        per_user = [
+            _table(p, name).filter(pl.col("label") == 0).group_by("user_id").len().sort("user_id")
+            for p in (p1, p3)
+        ]
+        assert per_user[0].equals(per_user[1]), name
+    eval1 = pl.read_parquet(p1 / "eval_retrieval.parquet").sort("user_id", "item_id")
+    eval3 = pl.read_parquet(p3 / "eval_retrieval.parquet").sort("user_id", "item_id")
+    assert eval1.equals(eval3)
+
+
+def test_numeric_stats_over_blocks_are_those_of_all_training_rows(one_vs_three: dict) -> None:
+    """numeric_stats.json of each build = mean / population std of the raw attribute over ITS OWN
+    ranker_train rows (recomputed here from items.parquet / users.parquet by a direct polars select), and
+    the user-side statistics agree between 1 and 3 blocks (same rows per user: same positives, same
+    negative count per user); item-side statistics may differ (different sampled negatives)."""
+    stats = {}
+    for nb, (part, _) in one_vs_three.items():
+        stats[nb] = json.loads((part / "numeric_stats.json").read_text())
+    raw_root = one_vs_three[1][0].parents[2] / "data"  # <root>/out1/frames/dt=D -> <root>/data
+    users = io.read_users(raw_root)
+    items = io.read_items(raw_root)
+    for nb, (part, _) in one_vs_three.items():
+        train = pl.read_parquet(part / "ranker_train.parquet", columns=["user_id", "item_id"])
+        rows = train.join(users, on="user_id", how="left").join(items, on="item_id", how="left")
+        for col, s in stats[nb].items():
+            src = rows[s["source"]].cast(pl.Float64).drop_nulls()
+            assert s["count"] == src.len(), (nb, col)
+            assert s["mean"] == pytest.approx(src.mean(), rel=1e-9), (nb, col)
+            assert s["std"] == pytest.approx(src.std(ddof=0), rel=1e-9), (nb, col)
+    assert stats[1].keys() == stats[3].keys() and stats[1]
+    for col in stats[1]:
+        assert stats[1][col]["count"] == stats[3][col]["count"]
+        if stats[1][col]["side"] == "user":
+            assert stats[1][col]["mean"] == pytest.approx(stats[3][col]["mean"], rel=1e-12)
+            assert stats[1][col]["std"] == pytest.approx(stats[3][col]["std"], rel=1e-12)
+
+
+def test_three_blocks_keep_the_negative_rules(one_vs_three: dict) -> None:
+    """Per block sampling still never returns a positive of the user (up to the split end) and never
+    the same (user, day, item) twice; popularity is global, so every sampled item had an event that day."""
+    part, m = one_vs_three[3]
+    raw_root = part.parents[2] / "data"
+    dt = date.fromisoformat(m["window"]["valid_day"])
+    ev = io.scan_events(raw_root, date(2000, 1, 1), date(2100, 1, 1)).collect()
+    pos = ev.filter(pl.col("event") != "view")
+    for name, end in (("ranker_train", dt - timedelta(days=1)), ("ranker_valid", dt)):
+        neg = pl.read_parquet(part / f"{name}.parquet").filter(pl.col("label") == 0)
+        known = pos.filter(pl.col("dt") <= end).select("user_id", "item_id").unique()
+        assert neg.join(known, on=["user_id", "item_id"], how="semi").height == 0, name
+        keyed = neg.select("user_id", pl.col("ts").dt.date().alias("d"), "item_id")
+        assert keyed.n_unique() == keyed.height, name
+        sampled = neg.filter(pl.col("source") == "sampled").select(
+            pl.col("ts").dt.date().alias("dt"), "item_id"
+        )
+        assert sampled.join(ev.select("dt", "item_id").unique(), on=["dt", "item_id"], how="anti").height == 0
