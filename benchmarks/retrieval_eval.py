@@ -134,10 +134,11 @@ def run_configs(
 def synthetic_ceiling(data: Path, out: Path, dt: date, preset: str) -> dict[str, Any]:
     """Recall of the generator's own scores: the ceiling a retriever can approach on synthetic data.
 
-    score(u, i) = log popularity_{D+1}(i) + affinity * <u, v_i> + log sigmoid(click logit of (u, i)), from the
-    true latent vectors, D+1's popularity and the planted click crosses of `pipelines.synthetic` (views pick
-    one of K popularity-drawn candidates with weight exp(affinity <u, v>), then a click follows with that
-    probability). Same users, same exclusions as the model.
+    score(u, i) = `pipelines.synthetic.view_log_weights` (log popularity_{D+1}(i) + log category tilt g_u[c_i]
+    + affinity * <u, v_i>) + log sigmoid(click logit of (u, i)), from the true hidden variables and the
+    planted click crosses (a view picks one of K candidates drawn by popularity tilted by the user's
+    subcategory preference, with weight exp(affinity <u, v>); then a click follows with that probability).
+    Same users, same exclusions as the model.
     """
     import polars as pl
 
@@ -158,14 +159,14 @@ def synthetic_ceiling(data: Path, out: Path, dt: date, preset: str) -> dict[str,
     i = pl.DataFrame({"item_id": inputs.item_ids}).join(wi, on="item_id", maintain_order="left")
     u, i = u["_w"].to_numpy(), i["_w"].to_numpy()
     day = (dt - spec.start).days + 1
-    pop = syn.daily_popularity(world, spec, day)[i]  # (N,)
+    view = syn.view_log_weights(world, spec, u, day)[:, i]  # (Q, N) in item_idx order
     aff = world.user_latent[u] @ world.item_latent[i].T  # (Q, N)
     cross = (
         world.cross_ap[world.user_age[u]][:, world.item_price_bucket[i]]
         + world.cross_gc[world.user_gender[u]][:, world.item_l1[i]]
     )  # (Q, N)
     z = syn.CLICK_BIAS + syn.CLICK_AFF * aff + syn.CLICK_CROSS * cross
-    score = np.log(pop + 1e-12)[None, :] + spec.affinity * aff - np.log1p(np.exp(-z))  # (Q, N)
+    score = view - np.log1p(np.exp(-z))  # (Q, N)
     sub = exclude[user_rows]
     extra = int(np.diff(sub.indptr).max(initial=0))
     top = np.argsort(-score, axis=1)[:, : max(EVAL_KS) + extra]

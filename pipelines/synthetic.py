@@ -9,12 +9,14 @@
 
 The generative model (docs/synthetic-data.md gives every constant and the planted signals):
 
-* users have attributes and a latent taste vector u (dim D) built from city tier, device and noise;
+* users have attributes, a latent taste vector u (dim D) built from city tier, device and noise, and a
+  Dirichlet preference over the 27 subcategories (category_l2) that tilts which items they are shown;
 * items have attributes, a latent vector v built from category, brand, colour and noise, a Zipf-like base
   popularity, a launch day (~20% launch after day 0: cold start), a title composed from the attributes and
   an image whose colour and shape come from the item's colour and category;
-* each day, every user views Poisson(rate) items; a view picks one of K popularity-drawn candidates with
-  probability proportional to exp(beta * u.v) (sampling-importance-resampling of pop(t) * exp(beta u.v));
+* each day, every user views Poisson(rate) items; a view picks one of K candidates drawn from popularity
+  tilted by the user's subcategory preference, with probability proportional to exp(beta * u.v)
+  (sampling-importance-resampling of pop(t) * g_u[category] * exp(beta u.v); `view_log_weights`);
   popularity drifts with a per-category season and a launch boost of new items;
 * each view may become a click, each click a cart, each cart a purchase, by logistic propensities that add
   the latent affinity u.v to two planted feature crosses (age_bucket x price_bucket, gender x category_l1)
@@ -76,6 +78,8 @@ CATEGORIES_L2: tuple[tuple[str, ...], ...] = (
     ("puzzle", "plush toy", "building blocks"),
     ("coffee", "tea", "chocolate"),
 )
+# subcategories in sorted order: the index space of World.item_l2 and of the users' category preferences
+L2_VOCAB: tuple[str, ...] = tuple(sorted({w for x in CATEGORIES_L2 for w in x}))
 L1_PROBS: tuple[float, ...] = (0.22, 0.12, 0.12, 0.14, 0.10, 0.10, 0.08, 0.12)
 L1_MEDIAN_PRICE: tuple[float, ...] = (40.0, 70.0, 120.0, 60.0, 25.0, 45.0, 25.0, 10.0)
 # the image shape of each category_l1, in the order of CATEGORIES_L1
@@ -185,7 +189,7 @@ L1_SCORE: tuple[float, ...] = (1.0, 0.0, -1.0, 0.5, 1.0, -1.0, 0.0, -0.5)
 CROSS_GC = 0.8
 
 # funnel propensities: logit = BIAS + AFF * s + CROSS_W * X (+ PRICE_SLOPE * ln(price / 50) for purchase)
-CLICK_BIAS, CLICK_AFF, CLICK_CROSS = -2.4, 0.8, 1.0
+CLICK_BIAS, CLICK_AFF, CLICK_CROSS = -2.6, 0.8, 1.0
 CART_BIAS, CART_AFF, CART_CROSS = -1.8, 0.4, 0.5
 PURCHASE_BIAS, PURCHASE_AFF, PURCHASE_CROSS, PURCHASE_PRICE_SLOPE = -1.0, 0.4, 1.0, -0.3
 
@@ -208,7 +212,7 @@ _CHUNK_VIEWS = 16_384  # views scored per block (memory: CHUNK * K * D floats)
 _IMAGE_CHUNK = 256  # images rendered per block
 
 # stream ids of the random generators: default_rng([seed, STREAM, index])
-_S_USERS, _S_ITEMS, _S_IMAGES, _S_DAY = 1, 2, 3, 4
+_S_USERS, _S_ITEMS, _S_IMAGES, _S_DAY, _S_PREFS = 1, 2, 3, 4, 5
 
 
 @dataclass(frozen=True)
@@ -225,9 +229,12 @@ class SyntheticSpec:
     null_title_share: float = 0.05
     null_image_share: float = 0.05
     latent_dim: int = 16  # D of the user and item latent vectors
-    candidates: int = 16  # K popularity-drawn candidates per view, one kept by affinity
-    affinity: float = 1.5  # beta: weight of u.v when a view picks among its candidates
-    zipf_exponent: float = 1.0  # base popularity of the item of rank r: r ** -zipf_exponent
+    candidates: int = 32  # K candidates per view (popularity tilted by category preference), one kept
+    affinity: float = 3.0  # beta: weight of u.v when a view picks among its candidates
+    zipf_exponent: float = 0.8  # base popularity of the item of rank r: r ** -zipf_exponent
+    # alpha: total Dirichlet concentration of each user's preference over category_l2 (smaller = a user
+    # shops in fewer subcategories); None: no category preference (candidates drawn by popularity alone)
+    category_concentration: float | None = 1.0
     cross_strength: float = 1.0  # multiplies both planted crosses (0 removes them)
     image_size: int = 64
 
@@ -242,6 +249,10 @@ class SyntheticSpec:
             (0.0 <= self.null_image_share <= 1.0, "null_image_share must be in [0, 1]"),
             (self.latent_dim >= 1, "latent_dim must be >= 1"),
             (self.candidates >= 1, "candidates must be >= 1"),
+            (
+                self.category_concentration is None or self.category_concentration > 0,
+                "category_concentration must be > 0 or None",
+            ),
             (self.zipf_exponent >= 0, "zipf_exponent must be >= 0"),
             (self.image_size >= 8, "image_size must be >= 8"),
         ]
@@ -286,6 +297,7 @@ class World:
     user_gender: np.ndarray  # [U] int8, index into GENDERS
     user_activity: np.ndarray  # [U] float64, mean 1: multiplies the views per day
     item_l1: np.ndarray  # [N] int8, index into CATEGORIES_L1
+    item_l2: np.ndarray  # [N] int64, index into L2_VOCAB (sorted subcategory names)
     item_colour: np.ndarray  # [N] int8, index into COLOURS
     item_price_bucket: np.ndarray  # [N] int8, index into PRICE_BUCKETS
     item_price: np.ndarray  # [N] float64
@@ -293,6 +305,8 @@ class World:
     item_launch_day: np.ndarray  # [N] int32, day index (0 = start) from which the item can have events
     cross_ap: np.ndarray  # [5, 5] float64, planted age_bucket x price_bucket logit term
     cross_gc: np.ndarray  # [3, 8] float64, planted gender x category_l1 logit term
+    l2_base_share: np.ndarray  # [C] float64, share of base popularity of each subcategory (m_c)
+    user_category_tilt: np.ndarray  # [U, C] float64, g_u[c] = pref_u[c] / m_c (all 1 without preference)
 
 
 def _rng(seed: int, stream: int, index: int = 0) -> np.random.Generator:
@@ -396,7 +410,7 @@ def _make_items(spec: SyntheticSpec) -> tuple[pl.DataFrame, dict[str, np.ndarray
     rng = _rng(spec.seed, _S_ITEMS)
     n, d = spec.items, spec.latent_dim
     l1 = rng.choice(len(CATEGORIES_L1), size=n, p=L1_PROBS).astype(np.int8)
-    l2_vocab = _flat(CATEGORIES_L2)
+    l2_vocab = L2_VOCAB
     l2 = _pick_from_lists(CATEGORIES_L2, l1, rng.random(n))
     brand_w = 1.0 / np.arange(1, len(BRANDS) + 1) ** 0.8
     brand = rng.choice(len(BRANDS), size=n, p=brand_w / brand_w.sum())
@@ -473,6 +487,7 @@ def _make_items(spec: SyntheticSpec) -> tuple[pl.DataFrame, dict[str, np.ndarray
     arrays = {
         "latent": latent.astype(np.float32),
         "l1": l1,
+        "l2": l2.astype(np.int64),
         "colour": colour,
         "price_bucket": pbucket,
         "price": price,
@@ -482,11 +497,42 @@ def _make_items(spec: SyntheticSpec) -> tuple[pl.DataFrame, dict[str, np.ndarray
     return df, arrays
 
 
+def category_preferences(
+    l2_base_share: np.ndarray, users: int, concentration: float | None, rng: np.random.Generator
+) -> np.ndarray:
+    """Each user's tilt of the candidate distribution towards the subcategories she shops in.
+
+    l2_base_share: [C] float64, m_c = share of the base popularity held by subcategory c (sums to 1).
+    Returns [users, C] float64 g_u[c] = pref_u[c] / m_c with pref_u ~ Dirichlet(concentration * m), so that
+    E[g_u[c]] = 1: on average over users the market shares of the subcategories are unchanged, while each user
+    concentrates on a few of them: two draws from pref_u share a subcategory with probability
+    E[sum_c pref_u[c]^2] = (1 + alpha * sum_c m_c^2) / (1 + alpha), ~0.5 at alpha = 1 (sum m^2 small).
+    `concentration=None` gives g = 1 everywhere (no preference).
+    Subcategories without items (m_c = 0) get g = 0.
+
+    >>> g = category_preferences(np.array([0.5, 0.5]), 2, None, np.random.default_rng(0))
+    >>> g.tolist()
+    [[1.0, 1.0], [1.0, 1.0]]
+    """
+    m = np.asarray(l2_base_share, dtype=np.float64)
+    if concentration is None:
+        return np.broadcast_to((m > 0).astype(np.float64), (users, m.size)).copy()
+    shape = np.maximum(concentration * m, 1e-6)  # (C,) an empty subcategory still gets a valid shape
+    gam = rng.gamma(shape[None, :], 1.0, (users, m.size)) + 1e-300  # (U, C) no all-zero row
+    pref = gam / gam.sum(axis=1, keepdims=True)  # (U, C) Dirichlet(alpha * m)
+    return np.where(m > 0, pref / np.where(m > 0, m, 1.0), 0.0)
+
+
 def build_world(spec: SyntheticSpec) -> World:
     """Users, items and their hidden variables for `spec` (deterministic in the spec)."""
     users, ua = _make_users(spec)
     items, ia = _make_items(spec)
     ap, gc = planted_crosses(spec.cross_strength)
+    base = np.bincount(ia["l2"], weights=ia["popularity"], minlength=len(L2_VOCAB))
+    base_share = base / base.sum()  # (C,)
+    tilt = category_preferences(
+        base_share, spec.users, spec.category_concentration, _rng(spec.seed, _S_PREFS)
+    )
     return World(
         users=users,
         items=items,
@@ -496,6 +542,7 @@ def build_world(spec: SyntheticSpec) -> World:
         user_gender=ua["gender"],
         user_activity=ua["activity"],
         item_l1=ia["l1"],
+        item_l2=ia["l2"],
         item_colour=ia["colour"],
         item_price_bucket=ia["price_bucket"],
         item_price=ia["price"],
@@ -503,6 +550,8 @@ def build_world(spec: SyntheticSpec) -> World:
         item_launch_day=ia["launch"],
         cross_ap=ap,
         cross_gc=gc,
+        l2_base_share=base_share,
+        user_category_tilt=tilt,
     )
 
 
@@ -613,6 +662,21 @@ def daily_popularity(world: World, spec: SyntheticSpec, day: int) -> np.ndarray:
     return np.where(age >= 0, world.item_popularity * season * boost, 0.0)
 
 
+def view_log_weights(world: World, spec: SyntheticSpec, users: np.ndarray, day: int) -> np.ndarray:
+    """Log of the unnormalised view distribution of each user on day index `day` (the SIR target).
+
+    users: [Q] int64 user indices. Returns [Q, N] float64
+    log p_i(t) + log g_u[c_i] + beta * u.v_i (-inf for items not launched yet): a view of user u shows item i
+    with probability proportional to exp of this as the number of candidates K grows (for finite K the
+    ranking is the same and the distribution somewhat flatter). Ranking by it plus the log click
+    probability is the generator's own (oracle) ranking of next-day positives.
+    """
+    p = daily_popularity(world, spec, day)  # (N,)
+    with np.errstate(divide="ignore"):
+        log_p = np.log(p)[None, :] + np.log(world.user_category_tilt[users][:, world.item_l2])  # (Q, N)
+    return log_p + spec.affinity * (world.user_latent[users] @ world.item_latent.T).astype(np.float64)
+
+
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     """z: [m] float64 logits -> [m] float64 probabilities."""
     return 1.0 / (1.0 + np.exp(-z))
@@ -628,6 +692,10 @@ def _delay(prev: np.ndarray, mean_s: float, rng: np.random.Generator) -> np.ndar
 def simulate_day(world: World, spec: SyntheticSpec, day: int) -> dict[str, np.ndarray]:
     """Events of day index `day` (0 = spec.start), as index arrays sorted by time.
 
+    Each view draws `spec.candidates` candidates from the user's proposal p_i(t) * g_u[c_i] (a subcategory
+    from P_c(t) * g_u[c], then an item of it by p(t)) and keeps one by Gumbel-max over beta * u.v; then the
+    click / cart / purchase funnel follows (docs/synthetic-data.md).
+
     Returns {"user": [E] int64 user index, "item": [E] int64 item index, "event": [E] int8 index into
     EVENTS, "ts_us": [E] int64 microseconds since the day's midnight UTC}. Depends only on (spec, day).
     """
@@ -637,18 +705,36 @@ def simulate_day(world: World, spec: SyntheticSpec, day: int) -> dict[str, np.nd
     counts = rng.poisson(spec.events_per_user_day * factor * world.user_activity)  # (U,)
     user = np.repeat(np.arange(spec.users, dtype=np.int64), counts)  # (V,)
     n_views = user.size
-    weights = daily_popularity(world, spec, day)
-    cum = np.cumsum(weights)
+    weights = daily_popularity(world, spec, day)  # (N,)
     k = spec.candidates
+    n_cat = len(L2_VOCAB)
+    # items grouped by subcategory: segment c of `order` holds subcategory c; cum is the running weight
+    order = np.argsort(world.item_l2, kind="stable")  # (N,)
+    cum = np.cumsum(weights[order])  # (N,)
+    seg_end = np.cumsum(np.bincount(world.item_l2, minlength=n_cat))  # (C,) one past each segment
+    seg_start = seg_end - np.bincount(world.item_l2, minlength=n_cat)  # (C,)
+    cum0 = np.concatenate([[0.0], cum])  # (N + 1,) cum0[j] = weight of order[:j]
+    cat_lo, cat_hi = cum0[seg_start], cum0[seg_end]  # (C,) each segment's range of running weight
+    cat_mass = cat_hi - cat_lo  # (C,) P_c(t) up to a constant
     item = np.empty(n_views, dtype=np.int64)
     affinity = np.empty(n_views, dtype=np.float32)
     for lo in range(0, n_views, _CHUNK_VIEWS):
         hi = min(lo + _CHUNK_VIEWS, n_views)
-        draws = rng.random((hi - lo, k)) * cum[-1]
-        cand = np.minimum(np.searchsorted(cum, draws, side="right"), spec.items - 1)  # (b, K)
+        b = hi - lo
+        rows = np.arange(b)
+        # subcategory of each candidate ~ P_c(t) * g_u[c]: inverse CDF per row, rows offset by their index
+        # so that one searchsorted serves the whole block
+        cdf = np.cumsum(world.user_category_tilt[user[lo:hi]] * cat_mass, axis=1)  # (b, C)
+        cdf /= np.maximum(cdf[:, -1:], 1e-300)
+        r = rng.random((b, k)) + rows[:, None]  # (b, K)
+        flat = np.searchsorted((cdf + rows[:, None]).ravel(), r.ravel(), side="right")  # (b*K,)
+        cat = np.minimum(flat.reshape(b, k) - rows[:, None] * n_cat, n_cat - 1)  # (b, K)
+        # candidate within its subcategory ~ p_i(t): a point of the segment's running-weight range
+        draws = cat_lo[cat] + rng.random((b, k)) * cat_mass[cat]  # (b, K)
+        pos = np.clip(np.searchsorted(cum, draws, side="right"), seg_start[cat], seg_end[cat] - 1)
+        cand = order[pos]  # (b, K)
         s = np.einsum("bd,bkd->bk", world.user_latent[user[lo:hi]], world.item_latent[cand])  # (b, K)
         pick = np.argmax(spec.affinity * s + rng.gumbel(size=s.shape), axis=1)  # (b,)
-        rows = np.arange(hi - lo)
         item[lo:hi] = cand[rows, pick]
         affinity[lo:hi] = s[rows, pick]
     hours = rng.choice(24, size=n_views, p=np.asarray(HOUR_WEIGHTS) / sum(HOUR_WEIGHTS))
