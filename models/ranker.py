@@ -44,6 +44,35 @@ def _require(batch: Batch, key: str, width: int, who: str) -> torch.Tensor:
     return t
 
 
+def lookup_distinct(table: nn.Embedding, *rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """`table(r)` for each `r` in `rows`, reading each distinct row of the table once for all of them.
+
+    rows: one or more [...] int64 tensors of table rows. Returns one [..., D] float32 tensor per input,
+    equal to `table(r)`.
+
+    A batch reads the same rows many times (popular items, small fields such as gender, the history):
+    looking up the distinct rows once and expanding them on the batch side gives the table a gradient with
+    one entry per distinct row. With `table.sparse` that makes the sparse gradient small and its coalescing
+    cheap (the lazy Adam of models.train); the expansion's gradient is summed into a small [U, D] block.
+    Without autograd (scoring) it is the plain lookup.
+
+    >>> t = nn.Embedding(4, 2)
+    >>> a, b = torch.tensor([[3, 1], [1, 1]]), torch.tensor([2, 3])
+    >>> [torch.equal(x, t(r)) for x, r in zip(lookup_distinct(t, a, b), (a, b))]
+    [True, True]
+    """
+    if not (torch.is_grad_enabled() and table.weight.requires_grad):
+        return tuple(table(r) for r in rows)  # scoring: no gradient to shrink, skip the sort
+    flat = torch.cat([r.reshape(-1) for r in rows])  # (sum of sizes,)
+    uniq, inverse = torch.unique(flat, return_inverse=True)  # (U,), (sum of sizes,)
+    distinct = table(uniq)  # (U, D): the only read of the table
+    out, start = [], 0
+    for r in rows:
+        out.append(distinct[inverse[start : start + r.numel()].reshape(r.shape)])  # (..., D)
+        start += r.numel()
+    return tuple(out)
+
+
 class _SparseRows(nn.Module):
     """Maps the `sparse` [B, F] local buckets to rows of the shared table and checks their range."""
 
@@ -148,11 +177,15 @@ class InputBlock(nn.Module):
         """batch: a `Batch` (see models.inputs). Returns x0, [B, N] float32."""
         rows = self.rows(batch)  # (B, F)
         B = rows.shape[0]
-        parts = [self.embedding(rows).reshape(B, self.n_fields * self.field_dim)]  # (B, F*D)
-        if self.hist_offset is not None:
+        if self.hist_offset is None:
+            (field_emb,) = lookup_distinct(self.embedding, rows)  # (B, F, D)
+        else:
             hrows, mask = self.hist_rows(batch)  # (B, L)
+            field_emb, hist_emb = lookup_distinct(self.embedding, rows, hrows)  # (B, F, D), (B, L, D)
+        parts = [field_emb.reshape(B, self.n_fields * self.field_dim)]  # (B, F*D)
+        if self.hist_offset is not None:
             m = mask.unsqueeze(-1).to(self.embedding.weight.dtype)  # (B, L, 1)
-            summed = (self.embedding(hrows) * m).sum(1)  # (B, D)
+            summed = (hist_emb * m).sum(1)  # (B, D)
             parts.append(summed / m.sum(1).clamp(min=1.0))  # (B, D); empty history -> zeros
         if self.n_counts:
             parts.append(_require(batch, "counts", self.n_counts, "ranker").float())  # (B, C)
@@ -192,9 +225,13 @@ class _Ranker(nn.Module):
         raise NotImplementedError
 
     def embedding_l2(self, batch: Batch) -> torch.Tensor:
-        """Sum of squares of the embedding rows read by `batch` (each distinct row once), [] float32."""
+        """Sum of squares of the embedding rows read by `batch` (each distinct row once), [] float32.
+
+        The rows are read through the table (not `weight[rows]`), so a table with `sparse=True` gets a
+        sparse gradient here too (lazy Adam in models.train).
+        """
         rows = self.used_rows(batch)  # (U,)
-        return sum(t.weight[rows].pow(2).sum() for t in self.embedding_tables())
+        return sum(t(rows).pow(2).sum() for t in self.embedding_tables())
 
 
 class DCNRanker(_Ranker):
@@ -264,7 +301,7 @@ class LogisticRegression(_Ranker):
 
     def linear_term(self, batch: Batch, rows: torch.Tensor) -> torch.Tensor:
         """rows: [B, F] int64 table rows. Returns [B] float32, the first-order part of the logit."""
-        out = self.bias + self.weights(rows).squeeze(-1).sum(1)  # (B,)
+        out = self.bias + lookup_distinct(self.weights, rows)[0].squeeze(-1).sum(1)  # (B,)
         if self.linear is not None:
             dense = []
             if self.n_counts:
@@ -301,7 +338,8 @@ class FactorizationMachine(LogisticRegression):
     def forward(self, batch: Batch) -> torch.Tensor:
         """batch: a `Batch`. Returns logits, [B] float32."""
         rows = self.rows(batch)  # (B, F)
-        return (self.linear_term(batch, rows) + self.pairwise(self.embedding(rows))).float()  # (B,)
+        (v,) = lookup_distinct(self.embedding, rows)  # (B, F, D)
+        return (self.linear_term(batch, rows) + self.pairwise(v)).float()  # (B,)
 
 
 def build_ranker(

@@ -5,6 +5,19 @@ cross-entropy + l2_embedding * (sum of squares of the embedding rows the batch r
 clipping, evaluates validation AUC after every epoch, and stops early when it has not improved for
 `cfg.patience` epochs. It returns the best weights (also loaded into the model).
 
+Speed (docs/ranking.md, "Training speed"):
+
+- Lazy Adam (default): the embedding tables emit sparse gradients (`nn.Embedding.sparse`) and are stepped by
+  `torch.optim.SparseAdam`, which updates only the rows a batch read (their moments and values); every
+  other parameter gets fused Adam. A dense table gradient would allocate, zero and step every row of every table
+  on every step. `lazy_adam=False` gives plain Adam over all parameters (rows not read keep moving with
+  their momentum). Gradient clipping uses the global norm over the dense gradients and the coalesced
+  sparse ones, so it clips exactly what the dense path would.
+- Prefetch (opt-in, `prefetch_batches` > 0): batches of the training stream are produced by a background
+  thread into a bounded queue (`prefetch`), so reading and assembling the next batches overlaps the step on
+  the current one. The order and content are those of the iterable; the producer must not draw from
+  torch's global RNG.
+
 Distributed data parallel (cfg.ddp=True) expects to run under torchrun: it reads RANK, WORLD_SIZE,
 LOCAL_RANK, MASTER_ADDR and MASTER_PORT, joins the process group (gloo on CPU, nccl on CUDA) unless the
 caller already did, wraps the model in DistributedDataParallel and lets rank r train on batches
@@ -17,6 +30,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -41,6 +56,12 @@ log = logging.getLogger(__name__)
 
 _DDP_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 _CHECKPOINT_KIND = "ranker"
+# batches read ahead by the background thread of train_ranker (0: read in the training thread). Off by
+# default: on the shared 2-core box it did not pay (docs/ranking.md, "Training speed"); where a core is
+# free for it, 4 overlaps the Parquet read with the step. Would be RankerConfig.prefetch_batches
+# (models/config.py is not this module's to change).
+PREFETCH_BATCHES = 0
+_PUT_POLL_S = 0.1  # how often a blocked producer checks whether the consumer went away
 
 
 @dataclass
@@ -110,6 +131,129 @@ def _my_batches(batches: Iterable[Batch], info: _Dist) -> Iterator[Batch]:
             yield batch
 
 
+class _Failure:
+    """Carries an exception of the producer thread to the consumer."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END = object()  # the producer's end-of-stream marker
+
+
+def prefetch(items: Iterable[Any], depth: int = 4) -> Iterator[Any]:
+    """Iterates `items` in a background thread, `depth` items ahead, and yields them in the same order.
+
+    Memory is bounded by `depth` items in the queue (plus the one the producer is building). An exception
+    raised by the iterable is re-raised here, at the position where it occurred. When the consumer stops
+    early (break, exception, garbage collection of this generator), the producer is told to stop and is
+    joined. `depth` 0 iterates in the calling thread. The iterable runs in another thread: it must not draw
+    from torch's global RNG (the training loop's dropout does), or results stop being reproducible.
+
+    >>> list(prefetch(range(5), depth=2))
+    [0, 1, 2, 3, 4]
+    """
+    if depth < 0:
+        raise ValueError(f"prefetch: depth={depth} must be >= 0")
+    if depth == 0:
+        yield from items
+        return
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        """Blocks until `item` is queued (True) or the consumer has gone away (False)."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=_PUT_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            put(_Failure(e))
+            return
+        put(_END)
+
+    worker = threading.Thread(target=produce, name="batch-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+def _sparse_grad_tables(model: nn.Module, on: bool) -> list[nn.Embedding]:
+    """The ranker's embedding tables, switched to sparse gradients when `on` (see `_sparse_grads`)."""
+    return list(model.embedding_tables()) if on else []
+
+
+@contextlib.contextmanager
+def _sparse_grads(tables: list[nn.Embedding]) -> Iterator[None]:
+    """Inside the block the tables emit sparse gradients (for SparseAdam); the flags are restored on exit."""
+    before = [t.sparse for t in tables]
+    for t in tables:
+        t.sparse = True
+    try:
+        yield
+    finally:
+        for t, flag in zip(tables, before, strict=True):
+            t.sparse = flag
+
+
+def make_optimizers(
+    model: nn.Module, lr: float, device: torch.device, sparse_tables: list[nn.Embedding]
+) -> list[torch.optim.Optimizer]:
+    """Fused Adam over the dense parameters, plus `torch.optim.SparseAdam` over `sparse_tables` if any.
+
+    With no sparse tables this is one Adam over every parameter (the dense path).
+    """
+    table_ids = {id(t.weight) for t in sparse_tables}
+    dense = [p for p in model.parameters() if p.requires_grad and id(p) not in table_ids]
+    # fused: one kernel per step over all dense parameters instead of a Python loop of small ops
+    opts: list[torch.optim.Optimizer] = [torch.optim.Adam(dense, lr=lr, fused=device.type in ("cpu", "cuda"))]
+    if sparse_tables:
+        opts.append(torch.optim.SparseAdam([t.weight for t in sparse_tables], lr=lr))
+    return opts
+
+
+@torch.no_grad()
+def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Scales all gradients so that their global L2 norm is at most `max_norm`; returns the norm before.
+
+    Like `torch.nn.utils.clip_grad_norm_`, which rejects sparse gradients: a sparse gradient is coalesced
+    first (duplicate rows summed, as in its dense form), so its norm is that of the dense gradient.
+    """
+    grads: list[torch.Tensor] = []
+    for p in params:
+        if p.grad is None:
+            continue
+        if p.grad.is_sparse:
+            p.grad = p.grad.coalesce()
+            grads.append(p.grad.values())  # (U, D), shares storage with the sparse gradient
+        else:
+            grads.append(p.grad)
+    if not grads:
+        return torch.zeros(())
+    total = nn.utils.get_total_norm(grads, 2.0)
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    torch._foreach_mul_(grads, coef.to(grads[0].device))
+    return total
+
+
 def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
     return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=enabled)
 
@@ -148,7 +292,7 @@ def _train_epoch(
     wrapped: nn.Module,
     inner: nn.Module,
     batches: Iterable[Batch],
-    opt: torch.optim.Optimizer,
+    opts: list[torch.optim.Optimizer],
     scaler: torch.amp.GradScaler,
     cfg: RankerConfig,
     device: torch.device,
@@ -156,6 +300,7 @@ def _train_epoch(
     info: _Dist,
     desc: str,
     progress: bool,
+    prefetch_depth: int,
 ) -> tuple[float, int, float]:
     """One pass over this rank's batches. Returns (mean BCE, samples, seconds)."""
     wrapped.train()
@@ -165,9 +310,8 @@ def _train_epoch(
     join = wrapped.join() if isinstance(wrapped, DistributedDataParallel) else contextlib.nullcontext()
     start = time.perf_counter()
     with join:
-        for batch in tqdm(
-            _my_batches(batches, info), desc=desc, disable=not progress or info.rank != 0, leave=False
-        ):
+        stream = prefetch(_my_batches(batches, info), prefetch_depth)
+        for batch in tqdm(stream, desc=desc, disable=not progress or info.rank != 0, leave=False):
             b = _to_device(batch, device)
             label = b["label"].float()  # (B,)
             with _autocast(device, use_amp):
@@ -176,11 +320,14 @@ def _train_epoch(
             total = loss
             if cfg.l2_embedding > 0:
                 total = total + cfg.l2_embedding * inner.embedding_l2(b)
-            opt.zero_grad(set_to_none=True)
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
             scaler.scale(total).backward()
-            scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            scaler.step(opt)
+            for opt in opts:
+                scaler.unscale_(opt)
+            clip_grad_norm(params, cfg.grad_clip)
+            for opt in opts:
+                scaler.step(opt)
             scaler.update()
             loss_sum += loss.detach() * label.shape[0]
             n += label.shape[0]
@@ -196,6 +343,9 @@ def train_ranker(
     seed: int,
     device: torch.device | str,
     progress: bool = True,
+    *,
+    lazy_adam: bool = True,
+    prefetch_batches: int = PREFETCH_BATCHES,
 ) -> TrainResult:
     """Trains `model` (from models.ranker.build_ranker) and returns the best state by validation AUC.
 
@@ -204,6 +354,11 @@ def train_ranker(
     randomness of the loop through a forked RNG (the global RNG is left as it was), so on CPU two runs with
     the same seed, model and batches give the same weights. On CUDA with cfg.amp the forward runs under
     float16 autocast with a GradScaler. The best weights are loaded back into `model` before returning.
+
+    lazy_adam: sparse embedding gradients + SparseAdam for the tables (see the module docstring); ignored
+        (dense Adam) under DDP on CUDA, where NCCL has no sparse all-reduce.
+    prefetch_batches: training batches read ahead in a background thread (0: none). The train iterable
+        then runs in that thread and must not draw from torch's global RNG.
     """
     device = torch.device(device)
     info = _Dist()
@@ -219,22 +374,22 @@ def train_ranker(
     result = TrainResult(state_dict={})
     total_n, total_s = 0, 0.0
     try:
-        with torch.random.fork_rng(devices=cuda_devices):
+        # the sparse flag must be set before DDP is built: its reducer buckets sparse gradients apart
+        tables = _sparse_grad_tables(inner, lazy_adam and not (info.on and device.type == "cuda"))
+        with torch.random.fork_rng(devices=cuda_devices), _sparse_grads(tables):
             torch.manual_seed(seed)
             wrapped: nn.Module = inner
             if cfg.ddp:
                 wrapped = DistributedDataParallel(
                     inner, device_ids=[device.index] if device.type == "cuda" else None
                 )
-            # fused: one kernel per step over all parameters instead of a Python loop of small ops (CPU and
-            # CUDA both have it); the dense embedding tables make the optimizer a large share of a step
-            opt = torch.optim.Adam(inner.parameters(), lr=cfg.lr, fused=device.type in ("cpu", "cuda"))
+            opts = make_optimizers(inner, cfg.lr, device, tables)
             scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
             best, bad = -np.inf, 0
             for epoch in range(cfg.epochs):
                 mean_loss, n, seconds = _train_epoch(
-                    wrapped, inner, train_batches(), opt, scaler, cfg, device, use_amp, info,
-                    f"epoch {epoch + 1}/{cfg.epochs}", progress,
+                    wrapped, inner, train_batches(), opts, scaler, cfg, device, use_amp, info,
+                    f"epoch {epoch + 1}/{cfg.epochs}", progress, prefetch_batches,
                 )  # fmt: skip
                 total_n, total_s = total_n + n, total_s + seconds
                 logits, labels = predict_logits(inner, _my_batches(valid_batches(), info), device, use_amp)

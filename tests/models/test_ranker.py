@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from models.config import RankerConfig
 from models.inputs import FieldLayout
-from models.ranker import FactorizationMachine, build_ranker, cross_matrices
+from models.ranker import FactorizationMachine, build_ranker, cross_matrices, lookup_distinct
 
 LAYOUT = FieldLayout(("user_id", "item_id", "category"), (6, 10, 4))
 
@@ -185,3 +185,35 @@ def test_batch_norm_model_scores_a_single_row_in_eval(structure):
     net.eval()
     assert net(_batch(1)).shape == (1,)
     assert any(isinstance(m, torch.nn.BatchNorm1d) for m in net.mlp)
+
+
+def test_lookup_distinct_reads_each_row_once_and_matches_the_plain_lookup():
+    # rows [[3, 1], [1, 1]] and [2, 3]: distinct rows {1, 2, 3}; row 1 is read 3 times, row 3 twice
+    table = torch.nn.Embedding(5, 2, sparse=True)
+    a, b = torch.tensor([[3, 1], [1, 1]]), torch.tensor([2, 3])
+    ea, eb = lookup_distinct(table, a, b)
+    torch.testing.assert_close(ea, table.weight[a].detach())
+    torch.testing.assert_close(eb, table.weight[b].detach())
+    (ea.sum() + 10 * eb.sum()).backward()
+    grad = table.weight.grad
+    assert grad.is_sparse and grad._nnz() == 3  # one entry per distinct row, not 6
+    # d/dw: row 1 -> 3 reads in a (3), row 2 -> once in b (10), row 3 -> once in a, once in b (1 + 10)
+    expected = torch.tensor([[0.0, 0], [3, 3], [10, 10], [11, 11], [0, 0]])
+    torch.testing.assert_close(grad.to_dense(), expected)
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 1000), B=st.integers(1, 9))
+def test_sparse_and_dense_tables_give_the_same_logits_and_gradients(seed, B):
+    net = _build(dropout=0.0)
+    batch = _batch(B, seed)
+    table = net.inputs.embedding
+    dense_out = net(batch)
+    dense_out.sum().backward()
+    dense_grad = table.weight.grad.clone()
+    net.zero_grad(set_to_none=True)
+    table.sparse = True
+    sparse_out = net(batch)
+    sparse_out.sum().backward()
+    torch.testing.assert_close(sparse_out, dense_out)
+    torch.testing.assert_close(table.weight.grad.to_dense(), dense_grad)

@@ -7,15 +7,26 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from models.config import RankerConfig
 from models.inputs import FieldLayout
 from models.ranker import build_ranker
-from models.train import load_checkpoint, predict_logits, save_checkpoint, train_ranker, warm_start
+from models.train import (
+    clip_grad_norm,
+    load_checkpoint,
+    predict_logits,
+    prefetch,
+    save_checkpoint,
+    train_ranker,
+    warm_start,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 # fields a, b carry the planted cross (label = a xor b); c is noise. Bucket 0 is the null bucket, unused.
@@ -203,3 +214,123 @@ def test_cuda_amp_training_runs():
     res = train_ranker(model, lambda: TRAIN, lambda: VALID, cfg, seed=0, device="cuda", progress=False)
     assert res.best_auc > 0.9
     assert next(model.parameters()).device.type == "cuda"
+
+
+# ---------------------------------------------------------------- sparse (lazy) Adam, clipping, prefetch
+
+
+def _one_epoch(batches, lazy_adam: bool, **kw):
+    cfg = _cfg(model="dcnmix", epochs=1, dropout=0.0, **kw)
+    model = build_ranker(cfg, LAYOUT, None, 0, 1, 0, 0, seed=0)
+    train_ranker(
+        model, lambda: batches, lambda: VALID, cfg, seed=0, device="cpu", progress=False, lazy_adam=lazy_adam
+    )
+    return model
+
+
+def test_lazy_adam_moves_only_the_rows_a_step_reads():
+    # step 1 reads c = 1 (row offsets[c] + 1), step 2 does not: with sparse gradients + SparseAdam that
+    # row ends where step 1 left it; dense Adam keeps moving it in step 2 with the momentum of step 1.
+    # Null buckets (row 0 of each field) are never read: SparseAdam never moves them
+    first = {k: v[:8] for k, v in TRAIN[0].items()}
+    first["sparse"] = first["sparse"].clone()
+    first["sparse"][:, 2] = 1
+    second = {k: v[:8] for k, v in TRAIN[1].items()}
+    second["sparse"] = second["sparse"].clone()
+    second["sparse"][:, 2] = 2
+    row = LAYOUT.offsets[2] + 1
+    for lazy, moved in ((True, False), (False, True)):
+        one, two = _one_epoch([first], lazy), _one_epoch([first, second], lazy)
+        W1, W2 = one.inputs.embedding.weight, two.inputs.embedding.weight
+        assert torch.equal(W1[row], W2[row]) is not moved, lazy
+        assert not torch.equal(W1[row + 1], W2[row + 1])  # the row step 2 reads moves in both
+    init = build_ranker(_cfg(model="dcnmix"), LAYOUT, None, 0, 1, 0, 0, seed=0).inputs.embedding.weight
+    unread = [0, LAYOUT.offsets[1], LAYOUT.offsets[2]]  # null buckets: never in the data
+    assert torch.equal(_one_epoch(TRAIN, True).inputs.embedding.weight[unread], init[unread])
+    assert not two.inputs.embedding.sparse  # the sparse flag is only set during training
+
+
+def test_clip_grad_norm_counts_duplicate_sparse_rows_once():
+    # dense grad [3, 4]; sparse grad of a 3x1 table with row 1 listed twice (1 + 1 = 2 when coalesced):
+    # global norm sqrt(9 + 16 + 4) = sqrt(29); max_norm 1 scales every gradient by 1 / sqrt(29)
+    a = torch.nn.Parameter(torch.zeros(2))
+    t = torch.nn.Parameter(torch.zeros(3, 1))
+    a.grad = torch.tensor([3.0, 4.0])
+    t.grad = torch.sparse_coo_tensor(
+        torch.tensor([[1, 1]]), torch.tensor([[1.0], [1.0]]), (3, 1), check_invariants=True
+    )
+    norm = clip_grad_norm([a, t], 1.0)
+    s = 29**0.5
+    torch.testing.assert_close(norm, torch.tensor(s))
+    torch.testing.assert_close(a.grad, torch.tensor([3.0, 4.0]) / s, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        t.grad.to_dense(), torch.tensor([[0.0], [2.0], [0.0]]) / s, rtol=1e-5, atol=1e-6
+    )
+    # below the bound nothing changes
+    a.grad = torch.tensor([0.3, 0.4])
+    clip_grad_norm([a], 1.0)
+    torch.testing.assert_close(a.grad, torch.tensor([0.3, 0.4]))
+
+
+def test_lazy_adam_training_is_reproducible_and_still_learns_the_cross():
+    cfg = _cfg(model="dcnmix", epochs=2, dropout=0.3)
+    m1, r1 = _train(cfg, seed=5)
+    m2, r2 = _train(cfg, seed=5)
+    assert r1.history == r2.history and r1.best_auc > 0.9
+    for k, v in m1.state_dict().items():
+        assert torch.equal(v, m2.state_dict()[k]), k
+
+
+@settings(max_examples=15, deadline=None)
+@given(items=st.lists(st.integers(), max_size=30), depth=st.integers(0, 5))
+def test_prefetch_keeps_order_and_content(items, depth):
+    assert list(prefetch(items, depth)) == items
+
+
+def test_training_with_prefetch_gives_the_same_weights():
+    cfg = _cfg(model="dcnmix", epochs=1, dropout=0.3)
+    states = []
+    for depth in (0, 3):
+        model = build_ranker(cfg, LAYOUT, None, 0, 1, 0, 0, seed=0)
+        res = train_ranker(
+            model,
+            lambda: TRAIN,
+            lambda: VALID,
+            cfg,
+            seed=1,
+            device="cpu",
+            progress=False,
+            prefetch_batches=depth,
+        )
+        states.append((res.history, model.state_dict()))
+    assert states[0][0] == states[1][0]
+    for k, v in states[0][1].items():
+        assert torch.equal(v, states[1][1][k]), k
+
+
+def test_prefetch_reraises_the_producer_error_in_place():
+    def gen():
+        yield 1
+        yield 2
+        raise KeyError("broken file")
+
+    got = []
+    with pytest.raises(KeyError, match="broken file"):
+        for x in prefetch(gen(), 1):
+            got.append(x)
+    assert got == [1, 2]  # everything before the failure was delivered
+
+
+def test_prefetch_stops_its_thread_when_the_consumer_stops_early():
+    def endless():
+        i = 0
+        while True:
+            yield i
+            i += 1
+
+    stream = prefetch(endless(), 2)
+    assert [next(stream), next(stream)] == [0, 1]
+    stream.close()  # what a `break` out of the training loop does
+    assert not [t for t in threading.enumerate() if t.name == "batch-prefetch"]
+    with pytest.raises(ValueError, match="depth"):
+        list(prefetch([1], -1))

@@ -7,10 +7,12 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from features.hashing import FieldSpec, Vocab
+from models.train import prefetch
 from pipelines import batches as B
 from pipelines import io
 
@@ -127,3 +129,25 @@ def test_load_item_content_aligns_by_item_idx(tmp_path: Path):
     assert c.text.tolist() == [[1, 0], [0, 0], [0, 1]]
     assert c.has_text.tolist() == [1, 0, 1] and c.has_image.tolist() == [1, 0, 0]
     assert (c.text_dim, c.image_dim, len(c)) == (2, 1, 3)
+
+
+def test_prefetched_stream_equals_the_serial_stream(tmp_path: Path):
+    # the training loop reads frames through models.train.prefetch (a background thread): same batches,
+    # same order, for the file order and for a shuffled epoch; 50 rows in batches of 8 -> 7 batches
+    path = tmp_path / "f.parquet"
+    n = 50
+    pl.DataFrame(
+        {
+            "bkt_user_id": pl.Series(range(n), dtype=pl.Int32),
+            "hist": pl.Series([[i, i + 1] for i in range(n)], dtype=pl.List(pl.Int32)),
+            "label": [i % 2 for i in range(n)],
+        }
+    ).write_parquet(path, row_group_size=13)
+    spec = B.BatchSpec(("user_id",), (), (), 3, False, True)
+    for shuffle in (None, 4):
+        serial = list(B.stream_batches(path, spec, 8, shuffle_seed=shuffle))
+        ahead = list(prefetch(B.stream_batches(path, spec, 8, shuffle_seed=shuffle), 2))
+        assert len(serial) == len(ahead) == 7
+        for s, a in zip(serial, ahead, strict=True):
+            assert s.keys() == a.keys()
+            assert all(torch.equal(s[k], a[k]) for k in s)
