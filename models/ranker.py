@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models.config import RankerConfig
@@ -68,7 +69,10 @@ def lookup_distinct(table: nn.Embedding, *rows: torch.Tensor) -> tuple[torch.Ten
     distinct = table(uniq)  # (U, D): the only read of the table
     out, start = [], 0
     for r in rows:
-        out.append(distinct[inverse[start : start + r.numel()].reshape(r.shape)])  # (..., D)
+        # F.embedding, not distinct[idx]: the backward of advanced indexing on CPU accumulates with atomic
+        # adds across threads (summation order, hence the weights, varies between runs); embedding's
+        # backward is deterministic
+        out.append(F.embedding(inverse[start : start + r.numel()].reshape(r.shape), distinct))  # (..., D)
         start += r.numel()
     return tuple(out)
 
