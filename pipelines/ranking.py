@@ -9,7 +9,9 @@ Two stages, one call each (docs/ranking.md):
 * `score_stage`: candidates/dt=D (user_id, item_id, rank, score) -> ranker features of every (user,
   candidate) pair, built from frames users.parquet (features as of the end of D), items.parquet and the
   crossed fields hashed from the raw attributes -> `scores/dt=D/part-0.parquet` (user_id, item_id, score,
-  rank), plus the full-funnel NDCG@10 / Recall@10 of ranker, retriever and popularity orders.
+  rank), plus the full-funnel NDCG@10 / Recall@10 of ranker, retriever and popularity orders. Candidates
+  are read, featurised, scored, ranked and appended per block of users (`SCORE_BLOCK_USERS`), and the
+  funnel is summed per block (`FunnelAccumulator`), so memory follows the block, not the pair count.
 
 The helpers (`prepare_data`, `fit`, `evaluate_split`, `pair_features`, `rank_by_score`, `funnel_metrics`)
 are public so the benchmarks train and evaluate through exactly the same code.
@@ -32,7 +34,7 @@ import polars as pl
 import torch
 from torch import nn
 
-from features.hashing import Vocab, bucketize
+from features.hashing import FieldSpec, Vocab, bucketize
 from models.config import RankerConfig
 from models.inputs import Batch
 from models.metrics import (
@@ -73,7 +75,8 @@ SIDES = ("user", "item", "cross")
 FUNNEL_K = 10
 POPULARITY_DAYS = 7
 IMPORTANCE_ROWS = 20_000  # rows of the permutation-importance sample
-SCORE_CHUNK = 65_536  # pairs turned into one batch at a time when scoring
+SCORE_CHUNK = 8_192  # pairs per forward pass when scoring (same scores as 65,536; a tenth of the activations)
+SCORE_BLOCK_USERS = 10_000  # users whose candidates are featurised, scored and ranked together
 _DEFAULT_HIST_LEN = 10
 
 
@@ -527,6 +530,66 @@ def _raw_attributes(out: Path, dt: date, run: io.RunInfo) -> tuple[Path, int]:
     )
 
 
+@dataclass(frozen=True)
+class PairTables:
+    """What the features of (user, candidate) pairs are joined from, read once per scoring run.
+
+    users: frames users.parquet (features as of the end of D); items: frames items.parquet without `seen`;
+    raw_users / raw_items: user_id / item_id and the raw attributes the crossed fields hash (None when the
+    vocab has no crossed field); crosses: those fields; hash_seed: the frames run's mmh3 seed.
+    """
+
+    users: pl.DataFrame
+    items: pl.DataFrame
+    raw_users: pl.DataFrame | None
+    raw_items: pl.DataFrame | None
+    crosses: tuple[FieldSpec, ...]
+    hash_seed: int
+
+
+def pair_tables(out: Path, dt: date, vocab: Vocab, data_dir: Path, hash_seed: int) -> PairTables:
+    """Read the tables `join_pair_features` needs (frames users/items of D, raw attributes under data_dir).
+
+    Their size grows with the catalogue and the user base (one row each), never with the number of pairs.
+    """
+    users = io.read_table(out, FRAMES, dt, "users")
+    items = io.read_table(out, FRAMES, dt, "items").drop("seen", strict=False)
+    crosses = tuple(vocab.side("cross"))
+    if not crosses:
+        return PairTables(users, items, None, None, (), hash_seed)
+    user_src = {s for f in vocab.side("user") for s in f.sources}
+    item_src = {s for f in vocab.side("item") for s in f.sources}
+    need = {s for f in crosses for s in f.sources}
+    unknown = sorted(need - user_src - item_src)
+    if unknown:
+        raise ValueError(
+            f"vocab of frames/dt={dt}: crossed sources {unknown} are neither user nor item attributes; "
+            "fix: rebuild the frames with this code"
+        )
+    raw_u = io.read_users(data_dir).select("user_id", *sorted(need & user_src))
+    raw_i = io.read_items(data_dir).select("item_id", *sorted(need & item_src))
+    return PairTables(users, items, raw_u, raw_i, crosses, hash_seed)
+
+
+def join_pair_features(pairs: pl.DataFrame, tables: PairTables) -> tuple[pl.DataFrame, int]:
+    """Ranker features of (user_id, item_id) pairs from tables read by `pair_tables`.
+
+    pairs: [P rows] with user_id, item_id (other columns are kept, row order too). Pairs whose user or
+    item is not in the frames tables are dropped. Returns (features [P' rows], number of pairs dropped).
+    """
+    df = pairs.join(tables.users, on="user_id", how="inner", maintain_order="left").join(
+        tables.items, on="item_id", how="inner", maintain_order="left"
+    )
+    dropped = pairs.height - df.height
+    if tables.crosses:
+        raw_u, raw_i = tables.raw_users, tables.raw_items
+        df = df.join(raw_u, on="user_id", how="left", maintain_order="left").join(
+            raw_i, on="item_id", how="left", maintain_order="left"
+        )
+        df = bucketize(df, list(tables.crosses), tables.hash_seed).drop(raw_u.columns[1:] + raw_i.columns[1:])
+    return df, dropped
+
+
 def pair_features(
     out: Path, dt: date, pairs: pl.DataFrame, vocab: Vocab, data_dir: Path, hash_seed: int
 ) -> tuple[pl.DataFrame, int]:
@@ -536,33 +599,10 @@ def pair_features(
     come from frames users.parquet; item fields, item_idx and num_item_* from frames items.parquet; each
     crossed field is hashed (`features.hashing.bucketize`) from the raw attributes of users.parquet /
     items.parquet under `data_dir`, as the frames stage did. Pairs whose user or item is not in the frames
-    tables are dropped. Returns (features [P' rows], number of pairs dropped).
+    tables are dropped. Returns (features [P' rows], number of pairs dropped). Many blocks of pairs:
+    read `pair_tables` once and call `join_pair_features` per block.
     """
-    users = io.read_table(out, FRAMES, dt, "users")
-    items = io.read_table(out, FRAMES, dt, "items").drop("seen", strict=False)
-    df = pairs.join(users, on="user_id", how="inner", maintain_order="left").join(
-        items, on="item_id", how="inner", maintain_order="left"
-    )
-    dropped = pairs.height - df.height
-    crosses = vocab.side("cross")
-    if crosses:
-        user_src = {s for f in vocab.side("user") for s in f.sources}
-        item_src = {s for f in vocab.side("item") for s in f.sources}
-        need = {s for f in crosses for s in f.sources}
-        u_cols, i_cols = sorted(need & user_src), sorted(need & item_src)
-        unknown = sorted(need - user_src - item_src)
-        if unknown:
-            raise ValueError(
-                f"vocab of frames/dt={dt}: crossed sources {unknown} are neither user nor item attributes; "
-                "fix: rebuild the frames with this code"
-            )
-        raw_u = io.read_users(data_dir).select("user_id", *u_cols)
-        raw_i = io.read_items(data_dir).select("item_id", *i_cols)
-        df = df.join(raw_u, on="user_id", how="left", maintain_order="left").join(
-            raw_i, on="item_id", how="left", maintain_order="left"
-        )
-        df = bucketize(df, crosses, hash_seed).drop(u_cols + i_cols)
-    return df, dropped
+    return join_pair_features(pairs, pair_tables(out, dt, vocab, data_dir, hash_seed))
 
 
 def rank_by_score(df: pl.DataFrame) -> pl.DataFrame:
@@ -626,6 +666,71 @@ def funnel_metrics(
     return out
 
 
+class FunnelAccumulator:
+    """`funnel_metrics` computed block by block: feed disjoint groups of users, read the result at the end.
+
+    Each `add` takes every scored candidate of some users (no user split across two calls) and adds the
+    sums over those users of each NDCG@k / Recall@k (the block's mean times its number of users, from the
+    same `retrieval.metrics` functions); `result` divides by the number of users. Equal to `funnel_metrics`
+    over the concatenated blocks up to float rounding (~1e-16 relative).
+    """
+
+    _ORDERS = ("ranker", "retriever", "popularity")
+
+    def __init__(self, positives: pl.DataFrame, popular: list[str], k: int = FUNNEL_K) -> None:
+        """positives: user_id, item_id pairs with a positive on D+1; popular: item ids, best first."""
+        self.k = k
+        self._rel = (
+            positives.unique(["user_id", "item_id"]).group_by("user_id").agg(pl.col("item_id").alias("rel"))
+        )
+        self._popular = np.asarray((list(popular) + [""] * k)[:k], dtype=str)  # (k,)
+        self._users = 0
+        self._k_max = 0
+        self._sums: dict[str, float] = {}
+
+    def add(self, scored: pl.DataFrame) -> None:
+        """scored: [P rows] user_id, item_id, rank, retriever_rank of whole users (see the class)."""
+        if scored.height == 0:
+            return
+        k = self.k
+        k_block = int(scored.group_by("user_id").len()["len"].max())  # longest candidate list of the block
+        self._k_max = max(self._k_max, k_block)
+        users = self._rel.join(scored.select("user_id").unique(), on="user_id", how="semi").sort("user_id")
+        n = users.height
+        if n == 0:
+            return
+        relevant = [set(r) for r in users["rel"].to_list()]
+        ids = users.select("user_id")
+        lists = {
+            "ranker": _top_lists(scored, "rank", ids, k),
+            "retriever": _top_lists(scored, "retriever_rank", ids, k),
+            "popularity": np.broadcast_to(self._popular, (n, k)),
+        }
+        for name, ranked in lists.items():
+            for metric, fn in (("ndcg", ndcg_at_k), ("recall", recall_at_k)):
+                key = f"{name}.{metric}"
+                self._sums[key] = self._sums.get(key, 0.0) + fn(ranked, relevant, [k])[k] * n
+        all_cands = _top_lists(scored, "retriever_rank", ids, k_block)
+        key = "candidate_recall"
+        self._sums[key] = self._sums.get(key, 0.0) + recall_at_k(all_cands, relevant, [k_block])[k_block] * n
+        self._users += n
+
+    def result(self) -> dict[str, Any]:
+        """The dict `funnel_metrics` returns for all the users added so far."""
+        k, n = self.k, self._users
+        if n == 0:
+            return {"users": 0, "k": k, "note": "no user with a D+1 positive has candidates"}
+        out: dict[str, Any] = {"users": n, "k": k, "positives_users_total": self._rel.height}
+        for name in self._ORDERS:
+            out[name] = {
+                f"ndcg@{k}": self._sums[f"{name}.ndcg"] / n,
+                f"recall@{k}": self._sums[f"{name}.recall"] / n,
+            }
+        out["candidate_recall"] = self._sums["candidate_recall"] / n
+        out["candidates_per_user_max"] = self._k_max
+        return out
+
+
 def popular_items(
     out: Path, dt: date, k: int, days: int = POPULARITY_DAYS
 ) -> tuple[list[str], dict[str, Any]]:
@@ -665,14 +770,66 @@ def _score_frame(
     return _sigmoid(predict(model, batches, device))
 
 
-def score_stage(out: Path, dt: date, cfg: RankerConfig, device: str, run: io.RunInfo) -> dict[str, Any]:
+def _candidate_blocks(path: Path, users: pl.Series, block_users: int) -> Iterator[pl.DataFrame]:
+    """The candidates of `users` in `path`, in blocks of `block_users` users in ascending user_id order.
+
+    users: [U] String, the users that can be scored (frames users.parquet); candidates of other users are
+    never read (they would be dropped by the feature join anyway). Each block: user_id, item_id (String),
+    retriever_rank, retriever_score, in file order within the block. A block is read with a range filter
+    on user_id, so a file sorted by user (as the retriever stage writes it) is read through the Parquet
+    statistics one row-group range per block; any other order still works, reading more.
+    """
+    if block_users < 1:
+        raise ValueError(f"score_stage: block_users must be >= 1, got {block_users}")
+    lf = pl.scan_parquet(path).select(
+        pl.col("user_id").cast(pl.String),
+        pl.col("item_id").cast(pl.String),
+        pl.col("rank").alias("retriever_rank"),
+        pl.col("score").alias("retriever_score"),
+    )
+    users = users.cast(pl.String).unique().sort()  # (U,)
+    for lo in range(0, users.len(), block_users):
+        block = users.slice(lo, block_users)
+        in_range = pl.col("user_id").is_between(pl.lit(block[0]), pl.lit(block[-1]), closed="both")
+        yield lf.filter(in_range & pl.col("user_id").is_in(block.implode())).collect()
+
+
+def _scored_block(
+    model: nn.Module,
+    df: pl.DataFrame,
+    spec: BatchSpec,
+    content: ItemContent | None,
+    device: torch.device,
+    with_retriever_rank: bool,
+) -> pl.DataFrame:
+    """Score and rank the feature rows of whole users: user_id, item_id, [retriever_rank], score, rank."""
+    probs = _score_frame(model, df, spec, content, device) if df.height else np.zeros(0)
+    scored = df.select(
+        "user_id", "item_id", *(["retriever_rank"] if with_retriever_rank else [])
+    ).with_columns(pl.Series("score", probs, dtype=pl.Float32))
+    return rank_by_score(scored)
+
+
+def score_stage(
+    out: Path,
+    dt: date,
+    cfg: RankerConfig,
+    device: str,
+    run: io.RunInfo,
+    *,
+    block_users: int = SCORE_BLOCK_USERS,
+) -> dict[str, Any]:
     """Score every (user, candidate) pair of candidates/dt=D with the ranker of D -> scores/dt=D/part-0.
 
-    When candidates/dt=D is not committed, the distinct (user, item) pairs of eval_ranker (else
-    ranker_valid) of frames/dt=D are scored instead, with their own point-in-time features, and the
-    manifest says so (`source`). With cfg.quantize_int8 and a CPU device the model runs with INT8 Linear
-    layers. When frames has eval_retrieval (positives of D+1) and candidates were scored, the manifest and
-    funnel.json carry NDCG@10 / Recall@10 of the ranker, retriever and popularity orders.
+    Candidates are processed per block of `block_users` users (ascending user_id): features, scores, ranks
+    and the funnel sums of one block at a time, each block appended to the scores file, so memory grows
+    with the block, not with the number of pairs. The output is the same for any block size (rows sorted
+    by user_id then rank). When candidates/dt=D is not committed, the distinct (user, item) pairs of
+    eval_ranker (else ranker_valid) of frames/dt=D are scored instead (one block), with their own
+    point-in-time features, and the manifest says so (`source`). With cfg.quantize_int8 and a CPU device
+    the model runs with INT8 Linear layers. When frames has eval_retrieval (positives of D+1) and candidates
+    were scored, the manifest and funnel.json carry NDCG@10 / Recall@10 of the ranker, retriever and
+    popularity orders.
     """
     out = Path(out)
     dev = resolve_device(device)
@@ -701,38 +858,53 @@ def score_stage(out: Path, dt: date, cfg: RankerConfig, device: str, run: io.Run
     model = quantize_int8(model) if quantized else model.to(dev)
     inputs = [f"{DATASET}/dt={model_dt}", f"{FRAMES}/dt={dt}"]
     funnel: dict[str, Any] | None = None
-    dropped = 0
-    if io.is_committed(out, CANDIDATES, dt):
-        source = CANDIDATES
-        cands = io.read_table(out, CANDIDATES, dt).select(
-            pl.col("user_id").cast(pl.String),
-            pl.col("item_id").cast(pl.String),
-            pl.col("rank").alias("retriever_rank"),
-            pl.col("score").alias("retriever_score"),
-        )
-        data_dir, hash_seed = _raw_attributes(out, dt, run)
-        df, dropped = pair_features(out, dt, cands, vocab, data_dir, hash_seed)
-        inputs.append(f"{CANDIDATES}/dt={dt}")
-    else:
-        eval_path = io.partition_dir(out, FRAMES, dt) / "eval_ranker.parquet"
-        name = "eval_ranker" if eval_path.is_file() and parquet_rows(eval_path) > 0 else "ranker_valid"
-        source = f"{FRAMES}/{name}"
-        df = io.read_table(out, FRAMES, dt, name).unique(
-            ["user_id", "item_id"], keep="first", maintain_order=True
-        )
-        log.warning("scores dt=%s: candidates/dt=%s is not committed; scoring %s pairs instead", dt, dt, name)
-    probs = _score_frame(model, df, spec, content, dev) if df.height else np.zeros(0)
-    scored = df.select(
-        "user_id", "item_id", *(["retriever_rank"] if source == CANDIDATES else [])
-    ).with_columns(pl.Series("score", probs, dtype=pl.Float32))
-    scored = rank_by_score(scored)
-    if source == CANDIDATES and (io.partition_dir(out, FRAMES, dt) / "eval_retrieval.parquet").is_file():
-        popular, pop_info = popular_items(out, dt, FUNNEL_K)
-        funnel = funnel_metrics(scored, io.read_table(out, FRAMES, dt, "eval_retrieval"), popular)
-        funnel["popularity_window"] = pop_info
-    table = scored.select("user_id", "item_id", "score", "rank")
+    dropped = rows = users = 0
+    columns = ["user_id", "item_id", "score", "rank"]
     with io.staged_partition(out, SCORES, dt, run) as stage:
-        stage.write_table(table)
+        with stage.table_writer() as writer:
+            if io.is_committed(out, CANDIDATES, dt):
+                source = CANDIDATES
+                data_dir, hash_seed = _raw_attributes(out, dt, run)
+                tables = pair_tables(out, dt, vocab, data_dir, hash_seed)
+                accumulator = None
+                if (io.partition_dir(out, FRAMES, dt) / "eval_retrieval.parquet").is_file():
+                    popular, pop_info = popular_items(out, dt, FUNNEL_K)
+                    accumulator = FunnelAccumulator(io.read_table(out, FRAMES, dt, "eval_retrieval"), popular)
+                path = io.committed_path(out, CANDIDATES, dt, "part-0.parquet")
+                dropped = parquet_rows(path)  # minus every pair that gets features below
+                for block in _candidate_blocks(path, tables.users["user_id"], block_users):
+                    df, _ = join_pair_features(block, tables)
+                    del block
+                    dropped -= df.height
+                    scored = _scored_block(model, df, spec, content, dev, with_retriever_rank=True)
+                    del df
+                    if accumulator is not None:
+                        accumulator.add(scored)
+                    writer.write(scored.select(columns))
+                    rows += scored.height
+                    users += scored["user_id"].n_unique()
+                if accumulator is not None:
+                    funnel = accumulator.result()
+                    funnel["popularity_window"] = pop_info
+                inputs.append(f"{CANDIDATES}/dt={dt}")
+            else:
+                eval_path = io.partition_dir(out, FRAMES, dt) / "eval_ranker.parquet"
+                name = (
+                    "eval_ranker" if eval_path.is_file() and parquet_rows(eval_path) > 0 else "ranker_valid"
+                )
+                source = f"{FRAMES}/{name}"
+                log.warning(
+                    "scores dt=%s: candidates/dt=%s is not committed; scoring %s pairs instead", dt, dt, name
+                )
+                df = io.read_table(out, FRAMES, dt, name).unique(
+                    ["user_id", "item_id"], keep="first", maintain_order=True
+                )
+                scored = _scored_block(model, df, spec, content, dev, with_retriever_rank=False)
+                writer.write(scored.select(columns))
+                rows, users = scored.height, scored["user_id"].n_unique()
+            if writer.rows == 0:  # no block at all: the file still exists, with the schema
+                empty = {"user_id": pl.String, "item_id": pl.String, "score": pl.Float32, "rank": pl.Int32}
+                writer.write(pl.DataFrame(schema=empty))
         stage.add_inputs(*inputs)
         stage.extra.update(
             {
@@ -740,8 +912,9 @@ def score_stage(out: Path, dt: date, cfg: RankerConfig, device: str, run: io.Run
                 "model_dt": model_dt.isoformat(),
                 "quantized_int8": quantized,
                 "pairs_dropped_unknown_user_or_item": dropped,
-                "users": table["user_id"].n_unique(),
+                "users": users,
                 "funnel": funnel,
+                "block_users": block_users,
             }
         )
         if funnel is not None:
@@ -750,7 +923,7 @@ def score_stage(out: Path, dt: date, cfg: RankerConfig, device: str, run: io.Run
         "dataset": SCORES,
         "dt": dt.isoformat(),
         "source": source,
-        "rows": table.height,
+        "rows": rows,
         "model_dt": model_dt.isoformat(),
         "quantized_int8": quantized,
         "path": str(io.partition_dir(out, SCORES, dt)),

@@ -10,7 +10,9 @@ item_idx); validation is full-catalogue Recall@50 on retriever_valid, with each 
 taken from its first positive of D (so the validation positives are never in the features that predict
 them). Every catalogue item is embedded, cold-start items included (their vectors come from their hashed
 attributes and content; their item_id row is untrained), and every user of frames users.parquet (features
-as of the end of D) gets cfg.top_k candidates from the inner-product index.
+as of the end of D) gets cfg.top_k candidates from the inner-product index. Search, purchase exclusion
+and candidate rows run per block of users in user_id order (`write_candidates`), appended to the file, so
+candidates/dt=D is sorted by user_id then rank and the memory of this step follows the block size.
 
 Purchase exclusion (cfg.exclude_purchased): frames carry positives without their event type, so the
 (user, item) purchase pairs of the training window (the frames manifest's train days and valid day) are
@@ -80,6 +82,9 @@ EVAL_KS = (10, 50, 100)
 VALID_K = 50  # early stopping watches full-catalogue Recall@50 on retriever_valid
 POPULARITY_DAYS = 7
 ENCODE_CHUNK = 4096  # rows per forward pass when embedding users / items
+CANDIDATE_BLOCK_USERS = (
+    16_384  # users per search block: a multiple of the 4096 queries FAISS scores per BLAS call
+)
 ALS_FACTORS = 64
 ALS_ITERATIONS = 15
 ALS_REGULARIZATION = 0.05
@@ -94,7 +99,8 @@ class RetrieverInputs:
 
     catalogue: item batch of every catalogue item, row = item_idx ([N, ...] tensors, plus item_idx [N]).
     users_batch: user batch of every row of users.parquet ([U, ...] tensors).
-    train_users: user batch of every retriever_train row ([R, ...]); train_items: [R] int64 item_idx.
+    train_users: user batch of every retriever_train row ([R, ...], ids as int32: `compact_batch`);
+    train_items: [R] int32 item_idx.
     valid_users: user batch of each validation user's first positive of D ([V, ...]); valid_relevant: V
     arrays of the item_idx of its positives on D.
     """
@@ -133,6 +139,34 @@ def _hist_len(df: pl.DataFrame) -> int:
     return max(int(longest or 0), 1)
 
 
+def compact_batch(batch: Batch) -> Batch:
+    """The batch with every int64 tensor stored as int32 (bucket ids and item rows fit); see `widen_batch`.
+
+    The training pairs stay in memory for the seeded per-epoch permutation (the same order as reading the
+    file would not give); int32 halves the id tensors ([R, F] sparse and [R, L] hist), the bulk of them.
+    """
+    out: Batch = {}
+    for k, v in batch.items():
+        if v.dtype == torch.int64:
+            if v.numel() and (
+                v.min() < torch.iinfo(torch.int32).min or v.max() > torch.iinfo(torch.int32).max
+            ):
+                raise ValueError(f"compact_batch: {k} holds values outside int32; fix: keep this batch int64")
+            v = v.to(torch.int32)
+        out[k] = v
+    return out
+
+
+def widen_batch(batch: Batch) -> Batch:
+    """int32 tensors of a `compact_batch` back to int64, the dtype the towers index with."""
+    return {k: v.long() if v.dtype == torch.int32 else v for k, v in batch.items()}
+
+
+def batch_nbytes(batch: Batch) -> int:
+    """Bytes held by the tensors of a batch."""
+    return sum(v.element_size() * v.numel() for v in batch.values())
+
+
 def load_inputs(out: Path, dt: date, use_content: bool = True) -> RetrieverInputs:
     """Read frames/dt=D (and embeddings/dt=D when `use_content`) into tensors for training and scoring."""
     out = Path(out)
@@ -168,6 +202,8 @@ def load_inputs(out: Path, dt: date, use_content: bool = True) -> RetrieverInput
         )
     catalogue = to_batch(items, item_spec, content)
     catalogue[ITEM_IDX] = torch.arange(items.height, dtype=torch.long)
+    train_users = compact_batch(to_batch(train, user_spec))  # (R, ...) int32 ids, float32 counts/numeric
+    train_items = torch.tensor(train["item_idx"].cast(pl.Int32).to_numpy())  # (R,) int32
 
     first_valid = valid.sort("ts", "user_id", "item_id").unique("user_id", keep="first", maintain_order=True)
     relevant = (
@@ -193,8 +229,8 @@ def load_inputs(out: Path, dt: date, use_content: bool = True) -> RetrieverInput
         user_ids=users["user_id"].cast(pl.String).to_numpy().astype(str),
         catalogue=catalogue,
         users_batch=to_batch(users, user_spec),
-        train_users=to_batch(train, user_spec),
-        train_items=torch.tensor(train["item_idx"].cast(pl.Int64).to_numpy()),
+        train_users=train_users,
+        train_items=train_items,
         valid_users=to_batch(first_valid, user_spec),
         valid_relevant=[np.asarray(v, dtype=np.int64) for v in relevant["item_idx"].to_list()],
         positives=positives,
@@ -208,6 +244,7 @@ def load_inputs(out: Path, dt: date, use_content: bool = True) -> RetrieverInput
             "cold_items": int((~items["seen"]).sum()),
             "users": users.height,
             "train_rows": train.height,
+            "train_tensor_mb": round((batch_nbytes(train_users) + train_items.nbytes) / 2**20, 1),
             "valid_rows": valid.height,
             "valid_users": first_valid.height,
             "hist_len": hist_len,
@@ -309,8 +346,8 @@ def fit(
         for lo in range(0, rows, cfg.batch_size):
             take = perm[lo : lo + cfg.batch_size]
             yield (
-                gather_rows(inputs.train_users, take),
-                gather_rows(inputs.catalogue, inputs.train_items[take]),
+                widen_batch(gather_rows(inputs.train_users, take)),
+                gather_rows(inputs.catalogue, inputs.train_items[take].long()),
             )
 
     sampler = UniformItemSampler(inputs.n_items, seed) if cfg.mixed_negatives else None
@@ -485,21 +522,35 @@ def ids_of_positions(inputs: RetrieverInputs, positions: np.ndarray) -> np.ndarr
     return np.where(positions >= 0, inputs.item_ids[np.maximum(positions, 0)], "")
 
 
+def eval_user_rows(inputs: RetrieverInputs) -> np.ndarray:
+    """[E] int64 ascending rows of users.parquet of the users with a positive on D+1 (none without eval)."""
+    if inputs.eval_pairs is None:
+        return np.zeros(0, dtype=np.int64)
+    rows = pl.DataFrame({"user_id": inputs.user_ids}).with_row_index("_u")
+    hit = rows.join(inputs.eval_pairs.select("user_id").unique(), on="user_id", how="semi")
+    return np.sort(hit["_u"].to_numpy().astype(np.int64))
+
+
 def evaluate(
     inputs: RetrieverInputs,
     model_ranked: np.ndarray,
     exclude: sp.csr_matrix | None,
     seed: int,
     baselines: bool = True,
+    *,
+    ranked_rows: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Metrics of the model's ranking of every user and of the baselines, on the positives of D+1.
 
     Args:
         inputs: the run's inputs; inputs.eval_pairs must be present.
-        model_ranked: [U, K_max] str item ids per row of users.parquet, best first (K_max >= 100).
+        model_ranked: [U, K_max] str item ids per row of users.parquet, best first (K_max >= 100); or,
+            with `ranked_rows`, [R, K_max] for the users.parquet rows `ranked_rows` only.
         exclude: [U, N] purchases excluded from every method's ranking, or None.
         seed: ALS seed.
         baselines: compute popularity (and ALS when installed) too.
+        ranked_rows: [R] int64 ascending users.parquet row of each row of `model_ranked`; must hold every
+            row of `eval_user_rows(inputs)` (None: model_ranked has a row per user).
     """
     if inputs.eval_pairs is None:
         return {"present": False}
@@ -525,7 +576,19 @@ def evaluate(
     if not len(user_rows):
         out["model"] = {"status": "no eval user has a row in users.parquet"}
         return out
-    out["model"] = ranking_metrics(model_ranked[user_rows], relevant, inputs.n_items)
+    if ranked_rows is None:
+        ranked = model_ranked[user_rows]
+    else:
+        at = np.searchsorted(ranked_rows, user_rows)  # (Q,)
+        if (at >= len(ranked_rows)).any() or (
+            ranked_rows[np.minimum(at, len(ranked_rows) - 1)] != user_rows
+        ).any():
+            raise ValueError(
+                "evaluate: ranked_rows lacks users.parquet rows of eval users; fix: rank every row of "
+                "eval_user_rows(inputs)"
+            )
+        ranked = model_ranked[at]
+    out["model"] = ranking_metrics(ranked, relevant, inputs.n_items)
     if not baselines:
         return out
     sub_excl = exclude[user_rows] if exclude is not None else None
@@ -570,6 +633,66 @@ def candidates_frame(user_ids: np.ndarray, ids: np.ndarray, scores: np.ndarray, 
     return df.filter(pl.col("item_id") != "")
 
 
+def write_candidates(
+    writer: io.TableWriter,
+    index: faiss_index.RetrievalIndex,
+    user_emb: np.ndarray,
+    user_ids: np.ndarray,
+    exclude: sp.csr_matrix | None,
+    top_k: int,
+    k_search: int,
+    keep_rows: np.ndarray,
+    block_users: int = CANDIDATE_BLOCK_USERS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Search, filter and append the candidates of every user, one block of users at a time.
+
+    Users are taken in ascending user_id order, so the file is sorted by user_id then rank whatever the
+    row order of users.parquet (the scoring stage reads it by user ranges). An exact (flat) FAISS search
+    scores queries 4096 at a time with BLAS, and a score can differ in its last bit with the batch it was
+    computed in; with `block_users` a multiple of 4096 the batches are those of one search over all users,
+    so the output is the same as with a single block.
+
+    Args:
+        writer: where each block's `candidates_frame` goes.
+        index: the item index (ids = item ids).
+        user_emb: [U, D] float32 user vectors, row = row of users.parquet.
+        user_ids: [U] str, distinct.
+        exclude: [U, N] sparse mask of items left out per user (purchases), or None.
+        top_k: candidates written per user.
+        k_search: results searched per user (>= top_k; the evaluation reads the first 100).
+        keep_rows: [E] int64 user rows whose whole search result is returned (the eval users).
+        block_users: users per block.
+
+    Returns:
+        ([E'] int64 ascending rows of `keep_rows` found in [0, U), [E', k_search] str item ids of those
+        users, best first, "" = none).
+    """
+    if block_users < 1:
+        raise ValueError(f"write_candidates: block_users must be >= 1, got {block_users}")
+    n_users = user_emb.shape[0]
+    k_fetch = min(k_search, index.ntotal)
+    order = np.argsort(user_ids, kind="stable")  # (U,) users.parquet rows by user_id
+    kept_rows, kept_ids = [np.zeros(0, np.int64)], [np.full((0, k_search), "", dtype=str)]
+    for lo in range(0, n_users, block_users):
+        rows = order[lo : lo + block_users]  # (b,)
+        sub = exclude[rows] if exclude is not None else None  # (b, N)
+        scores, ids = faiss_index.search(index, user_emb[rows], k_fetch, exclude=sub)  # (b, k_fetch)
+        if ids.shape[1] < k_search:
+            pad = k_search - ids.shape[1]
+            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values="")
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        writer.write(candidates_frame(user_ids[rows], ids, scores, top_k))
+        mine = np.isin(rows, keep_rows)  # (b,)
+        kept_rows.append(rows[mine].astype(np.int64))
+        kept_ids.append(ids[mine])
+    if writer.rows == 0:  # no user: the file still exists, with the schema
+        schema = {"user_id": pl.String, "item_id": pl.String, "rank": pl.Int32, "score": pl.Float32}
+        writer.write(pl.DataFrame(schema=schema))
+    found = np.concatenate(kept_rows)  # (E',)
+    by_row = np.argsort(found, kind="stable")
+    return found[by_row], np.concatenate(kept_ids)[by_row]
+
+
 def _data_dir(run: RunInfo, data_dir: Path | None) -> Path:
     if data_dir is not None:
         return Path(data_dir)
@@ -605,8 +728,13 @@ def train_retriever_stage(
     *,
     data_dir: Path | None = None,
     progress: bool = False,
+    block_users: int = CANDIDATE_BLOCK_USERS,
 ) -> dict[str, Any]:
     """Train the retriever of day D, commit retriever/dt=D and candidates/dt=D; returns a summary.
+
+    Candidates are searched, filtered and written per block of `block_users` users (`write_candidates`),
+    users in user_id order, so their memory grows with the block; the model, the index and the [U, D] user vectors (the index is
+    tuned on them) stay in memory. The output is the same for any block size.
 
     Args:
         out: output root (frames/dt=D and embeddings/dt=D must be committed).
@@ -617,6 +745,7 @@ def train_retriever_stage(
         run: run info written into both manifests (its run_id is the model id).
         data_dir: input folder, for the purchase pairs (default: run.config["data"]["dir"]).
         progress: tqdm bars.
+        block_users: users per search block.
     """
     out = Path(out)
     t0 = time.perf_counter()
@@ -628,65 +757,65 @@ def train_retriever_stage(
 
     exclude = purchase_mask(inputs, events_dir) if events_dir is not None else None
     k_search = max(cfg.top_k, max(EVAL_KS))
-    scores, ids = faiss_index.search(index, user_emb, min(k_search, inputs.n_items), exclude=exclude)
-    if ids.shape[1] < k_search:
-        pad = k_search - ids.shape[1]
-        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values="")
-        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-    cands = candidates_frame(inputs.user_ids, ids, scores, cfg.top_k)
-    evaluation = evaluate(inputs, ids, exclude, seed)
-    index_figures = {"kind": index.kind, **{k: v for k, v in index.figures.items() if k != "kind"}}
-    metrics = {
-        "dt": dt.isoformat(),
-        "model_id": run.run_id,
-        "valid": {f"recall@{VALID_K}": result.best_score, "history": result.history},
-        "eval": evaluation,
-        "train": train_figures,
-        "inputs": inputs.figures,
-        "index": index_figures,
-        "exclude_purchased": cfg.exclude_purchased,
-        "excluded_pairs": int(exclude.nnz) if exclude is not None else 0,
-    }
-    with io.staged_partition(out, DATASET, dt, run) as stage:
-        stage.add_inputs(f"{FRAMES}/dt={dt.isoformat()}")
-        if inputs.content is not None:
-            stage.add_inputs(f"embeddings/dt={dt.isoformat()}")
-        save_retriever(
-            stage.path(MODEL_FILE),
-            model.cpu(),
-            {"model_id": run.run_id, "dt": dt.isoformat(), "hist_len": inputs.user_spec.hist_len},
-        )
-        faiss_index.save(index, stage.dir)
-        np.save(stage.path(ITEM_EMB_FILE), item_emb, allow_pickle=False)
-        stage.write_json(METRICS_FILE, metrics)
-        stage.rows.update({"items": inputs.n_items, "users": len(inputs.user_ids)})
-        stage.extra.update(
-            {
-                "model_id": run.run_id,
-                "index": index_figures,
-                "train": train_figures,
-                "valid_recall@50": result.best_score,
-            }
-        )
-    with io.staged_partition(out, CANDIDATES, dt, run) as stage:
-        stage.add_inputs(f"{DATASET}/dt={dt.isoformat()}")
-        stage.write_table(cands)
-        stage.extra.update(
+    eval_rows = eval_user_rows(inputs)
+    with io.staged_partition(out, CANDIDATES, dt, run) as cand_stage:
+        with cand_stage.table_writer() as writer:
+            ranked_rows, eval_ranked = write_candidates(
+                writer, index, user_emb, inputs.user_ids, exclude, cfg.top_k, k_search, eval_rows, block_users
+            )
+        cand_stage.add_inputs(f"{DATASET}/dt={dt.isoformat()}")
+        cand_stage.extra.update(
             {"model_id": run.run_id, "top_k": cfg.top_k, "exclude_purchased": cfg.exclude_purchased}
         )
+        n_candidates = writer.rows
+        evaluation = evaluate(inputs, eval_ranked, exclude, seed, ranked_rows=ranked_rows)
+        index_figures = {"kind": index.kind, **{k: v for k, v in index.figures.items() if k != "kind"}}
+        metrics = {
+            "dt": dt.isoformat(),
+            "model_id": run.run_id,
+            "valid": {f"recall@{VALID_K}": result.best_score, "history": result.history},
+            "eval": evaluation,
+            "train": train_figures,
+            "inputs": inputs.figures,
+            "index": index_figures,
+            "exclude_purchased": cfg.exclude_purchased,
+            "excluded_pairs": int(exclude.nnz) if exclude is not None else 0,
+        }
+        # retriever/dt=D is committed first, candidates/dt=D (staged above) when this block exits
+        with io.staged_partition(out, DATASET, dt, run) as stage:
+            stage.add_inputs(f"{FRAMES}/dt={dt.isoformat()}")
+            if inputs.content is not None:
+                stage.add_inputs(f"embeddings/dt={dt.isoformat()}")
+            save_retriever(
+                stage.path(MODEL_FILE),
+                model.cpu(),
+                {"model_id": run.run_id, "dt": dt.isoformat(), "hist_len": inputs.user_spec.hist_len},
+            )
+            faiss_index.save(index, stage.dir)
+            np.save(stage.path(ITEM_EMB_FILE), item_emb, allow_pickle=False)
+            stage.write_json(METRICS_FILE, metrics)
+            stage.rows.update({"items": inputs.n_items, "users": len(inputs.user_ids)})
+            stage.extra.update(
+                {
+                    "model_id": run.run_id,
+                    "index": index_figures,
+                    "train": train_figures,
+                    "valid_recall@50": result.best_score,
+                }
+            )
     seconds = time.perf_counter() - t0
     log.info(
         "retriever %s: valid recall@50 %.4f, %d candidates, %.1fs",
         dt,
         result.best_score,
-        cands.height,
+        n_candidates,
         seconds,
     )
     summary: dict[str, Any] = {
         "dataset": DATASET,
         "dt": dt.isoformat(),
         "model_id": run.run_id,
-        "candidates": cands.height,
+        "candidates": n_candidates,
         "users": len(inputs.user_ids),
         "items": inputs.n_items,
         "index_kind": index.kind,

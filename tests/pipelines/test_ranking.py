@@ -28,8 +28,11 @@ from pipelines.config import Config, DataConfig, config_hash, config_to_dict
 from pipelines.embedding import embed_items
 from pipelines.frames import build_frames
 from pipelines.ranking import (
+    FUNNEL_K,
+    FunnelAccumulator,
     funnel_metrics,
     pair_features,
+    popular_items,
     rank_by_score,
     score_stage,
     train_ranker_stage,
@@ -171,6 +174,58 @@ def test_score_ranks_every_candidate(world: dict, trained: dict) -> None:
 
 
 @pytest.mark.slow  # shares a ~20 s module fixture (generate, frames, embeddings, two trainings)
+def test_score_blocks_of_one_user_equal_one_block(world: dict, trained: dict) -> None:
+    """Scores, ranks and funnel are the same for any user block size and any candidate row order."""
+    out, (_, d2), run = world["out"], world["days"], world["run"]
+    cands = _hand_candidates(world, d2)
+    # candidates in descending user order plus one pair of a user the frames do not know: the blocks are
+    # read by user range, so the file order must not matter, and the unknown pair is counted as dropped
+    unknown = pl.DataFrame(
+        {"user_id": ["zz-nobody"], "item_id": [cands["item_id"][0]], "rank": [1], "score": [0.5]}
+    )
+    shuffled = pl.concat([cands.sort("user_id", "rank", descending=[True, False]), unknown])
+    with io.staged_partition(out, "candidates", d2, run) as stage:
+        stage.write_table(shuffled)
+    results = {}
+    for block in (1, 4, 1_000_000):  # 6 users: one user per block, a partial last block, one block
+        summary = score_stage(out, d2, CFG, "cpu", run, block_users=block)
+        manifest = io.read_manifest(out, "scores", d2)
+        results[block] = (summary, manifest, io.read_table(out, "scores", d2))
+    one_summary, one_manifest, one_table = results[1_000_000]
+    assert one_table.height == cands.height == 24 and one_manifest["pairs_dropped_unknown_user_or_item"] == 1
+    assert one_table.equals(one_table.sort("user_id", "rank"))  # sorted by user, then rank
+    assert one_manifest["users"] == 6
+    for block in (1, 4):
+        summary, manifest, table = results[block]
+        assert table.equals(one_table), block  # same rows, same order, same float32 scores
+        assert summary["rows"] == one_summary["rows"]
+        for key in ("users", "pairs_dropped_unknown_user_or_item", "source"):
+            assert manifest[key] == one_manifest[key], key
+        got, want = manifest["funnel"], one_manifest["funnel"]
+        assert got["users"] == want["users"] == 6
+        assert got["candidates_per_user_max"] == want["candidates_per_user_max"] == 4
+        for order in ("ranker", "retriever", "popularity"):
+            for metric, value in want[order].items():
+                assert got[order][metric] == pytest.approx(value, rel=1e-12, abs=1e-15), (
+                    block,
+                    order,
+                    metric,
+                )
+        assert got["candidate_recall"] == pytest.approx(want["candidate_recall"], rel=1e-12)
+    # the one-block funnel is funnel_metrics over the whole scored table
+    scored = one_table.join(
+        cands.select("user_id", "item_id", pl.col("rank").alias("retriever_rank")), on=["user_id", "item_id"]
+    )
+    positives = io.read_table(out, "frames", d2, "eval_retrieval")
+    reference = funnel_metrics(scored, positives, popular_items(out, d2, FUNNEL_K)[0])
+    for key in ("ranker", "retriever", "popularity"):
+        assert one_manifest["funnel"][key] == pytest.approx(reference[key], rel=1e-12), key
+    assert one_manifest["funnel"]["candidate_recall"] == pytest.approx(
+        reference["candidate_recall"], rel=1e-12
+    )
+
+
+@pytest.mark.slow  # shares a ~20 s module fixture (generate, frames, embeddings, two trainings)
 def test_score_without_candidates_scores_eval_pairs(world: dict, trained: dict) -> None:
     out, (d1, _), run = world["out"], world["days"], world["run"]
     summary = score_stage(out, d1, CFG, "cpu", run)
@@ -237,6 +292,68 @@ def test_funnel_metrics_hand_worked() -> None:
     m2 = funnel_metrics(scored, positives, ["d", "a"], k=2)
     assert m2["ranker"]["ndcg@2"] == pytest.approx((1.0 + 1.0 / np.log2(3.0)) / 2.0)
     assert m2["ranker"]["recall@2"] == 1.0
+
+
+def test_funnel_accumulator_hand_worked() -> None:
+    """The funnel of test_funnel_metrics_hand_worked, fed one user per block."""
+    scored = pl.DataFrame(
+        {
+            "user_id": ["u1", "u1", "u2", "u2", "u4"],
+            "item_id": ["a", "b", "c", "d", "a"],
+            "rank": [1, 2, 1, 2, 1],
+            "retriever_rank": [2, 1, 1, 2, 1],
+        }
+    )
+    positives = pl.DataFrame({"user_id": ["u1", "u2", "u3"], "item_id": ["a", "d", "e"]})
+    acc = FunnelAccumulator(positives, ["d", "a"], k=2)
+    for user in ("u2", "u4", "u1"):  # u4 has no positive: counted only in candidates_per_user_max
+        acc.add(scored.filter(pl.col("user_id") == user))
+    got = acc.result()
+    # users u1, u2 (u3 has no candidates). k=2: ranker u1 hit at 0 (NDCG 1), u2 at 1 (1/log2(3)); recall 1, 1
+    # retriever: u1 [b, a] hit at 1, u2 [c, d] hit at 1 -> NDCG 1/log2(3) each; popularity [d, a]: u1 hit at
+    # 1, u2 hit at 0 -> NDCG (1/log2(3) + 1) / 2; every positive is among the candidates -> candidate recall 1
+    assert got["users"] == 2 and got["positives_users_total"] == 3 and got["candidates_per_user_max"] == 2
+    assert got["ranker"]["ndcg@2"] == pytest.approx((1.0 + 1.0 / np.log2(3.0)) / 2.0)
+    assert got["retriever"]["ndcg@2"] == pytest.approx(1.0 / np.log2(3.0))
+    assert got["popularity"]["ndcg@2"] == pytest.approx((1.0 / np.log2(3.0) + 1.0) / 2.0)
+    assert got["ranker"]["recall@2"] == got["retriever"]["recall@2"] == got["candidate_recall"] == 1.0
+    empty = FunnelAccumulator(positives, ["d"], k=2)
+    empty.add(scored.filter(pl.col("user_id") == "u4"))
+    assert empty.result()["users"] == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(  # per candidate: user, item, whether it is a D+1 positive; ranks come from the list order
+        st.tuples(st.integers(0, 5), st.integers(0, 9), st.booleans()), min_size=1, max_size=40
+    ),
+    st.integers(1, 4),
+    st.integers(1, 6),
+)
+def test_funnel_accumulator_equals_funnel_metrics(rows, k: int, block: int) -> None:
+    df = pl.DataFrame(rows, schema=["u", "i", "pos"], orient="row").unique(["u", "i"], maintain_order=True)
+    df = df.with_columns(
+        pl.format("u{}", "u").alias("user_id"),
+        pl.format("i{}", "i").alias("item_id"),
+        (pl.int_range(pl.len()).over("u") + 1).alias("retriever_rank"),
+        (pl.int_range(pl.len()).reverse().over("u") + 1).alias("rank"),
+    )
+    positives = pl.concat(
+        [df.filter("pos").select("user_id", "item_id"), pl.DataFrame({"user_id": ["u9"], "item_id": ["i0"]})]
+    )
+    scored = df.select("user_id", "item_id", "rank", "retriever_rank")
+    want = funnel_metrics(scored, positives, ["i3", "i1"], k=k)
+    acc = FunnelAccumulator(positives, ["i3", "i1"], k=k)
+    users = scored["user_id"].unique().sort()
+    for lo in range(0, users.len(), block):
+        acc.add(scored.filter(pl.col("user_id").is_in(users.slice(lo, block).implode())))
+    got = acc.result()
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        if isinstance(value, str):
+            assert got[key] == value
+        else:  # numbers and {metric: number}: sums of block means vs one mean differ by rounding only
+            assert got[key] == pytest.approx(value, rel=1e-12), key
 
 
 @settings(max_examples=30, deadline=None)

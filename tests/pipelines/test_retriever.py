@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
@@ -24,13 +25,18 @@ from pipelines.retriever import (
     CANDIDATES,
     DATASET,
     candidates_frame,
+    compact_batch,
     drop_excluded,
     fit,
     load_inputs,
     popularity_positions,
     train_retriever_stage,
+    widen_batch,
+    write_candidates,
 )
 from pipelines.synthetic import PRESETS, generate
+from retrieval import index as faiss_index
+from retrieval.config import IndexConfig
 
 TOP_K = 20
 
@@ -163,6 +169,68 @@ def test_fit_is_deterministic(built: dict) -> None:
     assert r1.train_loss == r2.train_loss
     for k, v in m1.state_dict().items():
         assert torch.equal(v, m2.state_dict()[k]), k
+
+
+@pytest.mark.slow  # shares the ~20 s module fixture (generate, frames, embeddings, stage)
+def test_blocks_of_seven_users_give_the_same_outputs(built: dict, tmp_path: Path) -> None:
+    """The stage with 7-user search blocks writes the candidates and metrics of the one-block run."""
+    out, dt, cfg, run = built["out"], built["dt"], built["cfg"], built["run"]
+    copy = tmp_path / "out"
+    for name in ("frames", "embeddings"):
+        shutil.copytree(io.partition_dir(out, name, dt), io.partition_dir(copy, name, dt))
+    summary = train_retriever_stage(copy, dt, cfg.retriever, cfg.index, 0, "cpu", run, block_users=7)
+    want = io.read_table(out, CANDIDATES, dt)
+    got = io.read_table(copy, CANDIDATES, dt)
+    n_users = io.read_table(out, "frames", dt, "users").height  # users with events in the window
+    assert got.height == n_users * TOP_K and got.equals(want)  # same rows, same order (user_id, then rank)
+    assert got.equals(got.sort("user_id", "rank"))
+    got_eval, want_eval = summary["metrics"]["eval"], built["summary"]["metrics"]["eval"]
+    for ev in (got_eval, want_eval):
+        ev.get("als", {}).pop("fit_s", None)  # a timing
+    assert got_eval == want_eval
+    assert got_eval["users_evaluated"] > 0 and "recall@10" in got_eval["model"]  # the model was compared
+
+
+def test_write_candidates_by_hand(tmp_path: Path) -> None:
+    # items i0..i3 at (1, 0), (0.8, 0.6), (0, 1), (-1, 0); users in users.parquet order u3, u1, u2 at
+    # (1, 0), (0.6, 0.8), (-1, 0). Inner products: u3 [1, .8, 0, -1], u1 [.6, .96, .8, -.6], u2 [-1, -.8, 0, 1].
+    # u3 (row 0) bought i0. Top 2 by user_id: u1 i1 .96, i2 .8; u2 i3 1, i2 0; u3 i1 .8, i2 0.
+    items = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.0]], dtype=np.float32)
+    index = faiss_index.build_index(items, np.array(["i0", "i1", "i2", "i3"]), IndexConfig(kind="flat"))
+    users = np.array([[1.0, 0.0], [0.6, 0.8], [-1.0, 0.0]], dtype=np.float32)
+    user_ids = np.array(["u3", "u1", "u2"])
+    exclude = sp.csr_matrix(([1.0], ([0], [0])), shape=(3, 4))
+    want_rows = [
+        ("u1", "i1", 1),
+        ("u1", "i2", 2),
+        ("u2", "i3", 1),
+        ("u2", "i2", 2),
+        ("u3", "i1", 1),
+        ("u3", "i2", 2),
+    ]
+    want_scores = [0.96, 0.8, 1.0, 0.0, 0.8, 0.0]
+    for block in (1, 2, 3):
+        writer = io.TableWriter(tmp_path / f"c{block}.parquet")
+        rows, ids = write_candidates(writer, index, users, user_ids, exclude, 2, 3, np.array([2, 0]), block)
+        writer.close()
+        df = pl.read_parquet(writer.path)
+        assert df.columns == ["user_id", "item_id", "rank", "score"] and writer.rows == 6
+        assert df.select("user_id", "item_id", "rank").rows() == want_rows, block
+        np.testing.assert_allclose(df["score"].to_numpy(), want_scores, atol=1e-6)
+        # the kept users' whole search (k_search = 3), rows ascending: u3 [i1, i2, i3], u2 [i3, i2, i1]
+        np.testing.assert_array_equal(rows, [0, 2])
+        np.testing.assert_array_equal(ids, [["i1", "i2", "i3"], ["i3", "i2", "i1"]])
+
+
+def test_compact_batch_round_trip() -> None:
+    batch = {"sparse": torch.tensor([[0, 7], [3, 2**31 - 1]]), "counts": torch.tensor([[0.5], [1.5]])}
+    small = compact_batch(batch)
+    assert small["sparse"].dtype == torch.int32 and small["counts"].dtype == torch.float32
+    back = widen_batch(small)
+    assert back["sparse"].dtype == torch.int64 and torch.equal(back["sparse"], batch["sparse"])
+    assert torch.equal(back["counts"], batch["counts"])
+    with pytest.raises(ValueError, match="int32"):
+        compact_batch({"sparse": torch.tensor([2**31])})
 
 
 @pytest.mark.slow  # shares the ~20 s module fixture (generate, frames, embeddings, stage)
