@@ -31,7 +31,6 @@ identifies duplicates for the accidental-hit mask, and is the id space of the un
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -50,6 +49,7 @@ from models.config import RetrieverConfig
 from models.inputs import Batch, FieldLayout
 from models.losses import info_nce
 from models.towers import TwoTower
+from models.train import sparse_grads
 
 log = logging.getLogger(__name__)
 
@@ -187,19 +187,6 @@ def batch_loss(
     )
 
 
-@contextlib.contextmanager
-def _sparse_tables(tables: list[nn.Embedding]):
-    """Embedding tables emit sparse gradients inside the block (for SparseAdam); restored on exit."""
-    before = [m.sparse for m in tables]
-    for m in tables:
-        m.sparse = True
-    try:
-        yield
-    finally:
-        for m, flag in zip(tables, before, strict=True):
-            m.sparse = flag
-
-
 def train_retriever(
     model: TwoTower,
     train_batches: Callable[[], Iterable[tuple[Batch, Batch]]],
@@ -246,7 +233,7 @@ def train_retriever(
     tables = [m for m in model.modules() if isinstance(m, nn.Embedding)]
     table_ids = {id(m.weight) for m in tables}
     dense = [p for p in model.parameters() if id(p) not in table_ids]
-    with torch.random.fork_rng(devices=cuda), _sparse_tables(tables):
+    with torch.random.fork_rng(devices=cuda), sparse_grads(tables):
         torch.manual_seed(seed)
         opts = [torch.optim.Adam(dense, lr=cfg.lr)]
         if tables:

@@ -197,13 +197,16 @@ def prefetch(items: Iterable[Any], depth: int = 4) -> Iterator[Any]:
 
 
 def _sparse_grad_tables(model: nn.Module, on: bool) -> list[nn.Embedding]:
-    """The ranker's embedding tables, switched to sparse gradients when `on` (see `_sparse_grads`)."""
+    """The ranker's embedding tables, switched to sparse gradients when `on` (see `sparse_grads`)."""
     return list(model.embedding_tables()) if on else []
 
 
 @contextlib.contextmanager
-def _sparse_grads(tables: list[nn.Embedding]) -> Iterator[None]:
-    """Inside the block the tables emit sparse gradients (for SparseAdam); the flags are restored on exit."""
+def sparse_grads(tables: list[nn.Embedding]) -> Iterator[None]:
+    """Inside the block the tables emit sparse gradients (for SparseAdam); the flags are restored on exit.
+
+    Used by the ranker loop here and by the retriever loop (models/retriever_train.py).
+    """
     before = [t.sparse for t in tables]
     for t in tables:
         t.sparse = True
@@ -376,7 +379,7 @@ def train_ranker(
     try:
         # the sparse flag must be set before DDP is built: its reducer buckets sparse gradients apart
         tables = _sparse_grad_tables(inner, lazy_adam and not (info.on and device.type == "cuda"))
-        with torch.random.fork_rng(devices=cuda_devices), _sparse_grads(tables):
+        with torch.random.fork_rng(devices=cuda_devices), sparse_grads(tables):
             torch.manual_seed(seed)
             wrapped: nn.Module = inner
             if cfg.ddp:
