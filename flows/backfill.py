@@ -41,7 +41,7 @@ def _run_day(
     return {"date": dt.isoformat(), "status": "failed", "reason": reason}
 
 
-@task(cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE, persist_result=True)
 def day_task(
     dt: date, config_path: str | None, overrides: list[str], force: bool, runtime: RuntimeConfig
 ) -> dict[str, Any]:

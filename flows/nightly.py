@@ -389,7 +389,10 @@ def _cached(
     )
 
 
-@flow(name="nightly", log_prints=False)
+# persist_result: a caller (backfill) reads the summary from the returned state; when that state comes back
+# from the API (e.g. after a "database is locked" retry of the ephemeral SQLite server under concurrent
+# days) its data must be in result storage, or .result() raises MissingResult (seen once in CI)
+@flow(name="nightly", log_prints=False, persist_result=True)
 def nightly(
     date: str | None = None,
     config_path: str | None = None,
