@@ -110,8 +110,8 @@ def run_configs(
         model, result, figures = fit(inputs, cfg, seed, "cpu")
         train_s = time.perf_counter() - t0
         _, user_emb, index = embed_and_index(model, inputs, load_config().index, seed, "cpu")
-        _, ids = faiss_index.search(index, user_emb, max(EVAL_KS), exclude=exclude)
-        ev = evaluate(inputs, ids, exclude, seed, baselines=not base_done)
+        _, pos = faiss_index.search_positions(index, user_emb, max(EVAL_KS), exclude=exclude)
+        ev = evaluate(inputs, pos, exclude, seed, baselines=not base_done)
         if not base_done:
             report["baselines"] = {k: ev[k] for k in ("popularity_7d", "als")}
             report["eval_users"] = {
@@ -143,7 +143,7 @@ def synthetic_ceiling(data: Path, out: Path, dt: date, preset: str) -> dict[str,
     import polars as pl
 
     import pipelines.synthetic as syn
-    from pipelines.retriever import drop_excluded, ids_of_positions, ranking_metrics
+    from pipelines.retriever import drop_excluded, ranking_metrics, relevant_positions
 
     spec = syn.PRESETS[preset]
     world = syn.build_world(spec)
@@ -152,7 +152,7 @@ def synthetic_ceiling(data: Path, out: Path, dt: date, preset: str) -> dict[str,
     rows = pl.DataFrame({"user_id": inputs.user_ids}).with_row_index("_u")
     ev = inputs.eval_pairs.group_by("user_id").agg(pl.col("item_id")).join(rows, on="user_id").sort("user_id")
     user_rows = ev["_u"].to_numpy().astype(np.int64)
-    relevant = [set(x) for x in ev["item_id"].to_list()]
+    relevant = relevant_positions(inputs, ev["item_id"].to_list())
     wu = world.users.select("user_id").with_row_index("_w")
     wi = world.items.select("item_id").with_row_index("_w")
     u = pl.DataFrame({"user_id": inputs.user_ids[user_rows]}).join(wu, on="user_id", maintain_order="left")
@@ -170,9 +170,7 @@ def synthetic_ceiling(data: Path, out: Path, dt: date, preset: str) -> dict[str,
     sub = exclude[user_rows]
     extra = int(np.diff(sub.indptr).max(initial=0))
     top = np.argsort(-score, axis=1)[:, : max(EVAL_KS) + extra]
-    return ranking_metrics(
-        ids_of_positions(inputs, drop_excluded(top, sub, max(EVAL_KS))), relevant, inputs.n_items
-    )
+    return ranking_metrics(drop_excluded(top, sub, max(EVAL_KS)), relevant, inputs.n_items)
 
 
 def table(report: dict[str, Any]) -> str:

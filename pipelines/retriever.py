@@ -64,12 +64,13 @@ from pipelines.batches import (
     load_item_content,
     load_vocab,
     spec_for,
+    stream_batches,
     to_batch,
 )
 from pipelines.io import RunInfo
 from retrieval import index as faiss_index
 from retrieval.config import IndexConfig
-from retrieval.metrics import catalogue_coverage, hit_rate_at_k, ndcg_at_k, recall_at_k
+from retrieval.metrics import catalogue_coverage, metrics_at_k, recall_at_k
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,11 @@ METRICS_FILE = "metrics.json"
 EVAL_KS = (10, 50, 100)
 VALID_K = 50  # early stopping watches full-catalogue Recall@50 on retriever_valid
 POPULARITY_DAYS = 7
+TRAIN_READ_ROWS = 131_072  # rows per part when reading retriever_train into tensors
 ENCODE_CHUNK = 4096  # rows per forward pass when embedding users / items
+# validation scores every user against the whole catalogue in chunks of about this many MB ([rows, N] float32);
+# 4,096 users x 50k items was 0.8 GB
+VALID_SCORE_MB = 64
 CANDIDATE_BLOCK_USERS = (
     16_384  # users per search block: a multiple of the 4096 queries FAISS scores per BLAS call
 )
@@ -131,12 +136,22 @@ class RetrieverInputs:
         return int(self.item_ids.shape[0])
 
 
-def _hist_len(df: pl.DataFrame) -> int:
+def _hist_len(df: pl.DataFrame | pl.LazyFrame) -> int:
     """Longest history list of a frame (at least 1, so the user tower always gets a [B, L] tensor)."""
-    if df.height == 0:
-        return 1
-    longest = df.select(pl.col("hist").list.len().max()).item()
+    longest = df.lazy().select(pl.col("hist").list.len().max()).collect().item()
     return max(int(longest or 0), 1)
+
+
+def read_compact_batch(path: Path, spec: BatchSpec) -> Batch:
+    """A whole frame file as one `compact_batch`, read TRAIN_READ_ROWS rows at a time (file row order).
+
+    Equal to ``compact_batch(to_batch(pl.read_parquet(path), spec))``, without holding the frame and its
+    int64 tensors at once (on the large preset that was ~0.8 GB over the 131 MB result).
+    """
+    parts = [compact_batch(b) for b in stream_batches(path, spec, TRAIN_READ_ROWS)]
+    if not parts:
+        raise ValueError(f"{path} has no rows")
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
 def compact_batch(batch: Batch) -> Batch:
@@ -173,10 +188,12 @@ def load_inputs(out: Path, dt: date, use_content: bool = True) -> RetrieverInput
     vocab = load_vocab(out, dt)
     items = io.read_table(out, FRAMES, dt, "items").sort("item_idx")
     users = io.read_table(out, FRAMES, dt, "users")
-    train = io.read_table(out, FRAMES, dt, "retriever_train")
+    train_path = io.committed_path(out, FRAMES, dt, "retriever_train.parquet")
+    train = pl.scan_parquet(train_path)  # read in parts below: it grows with the events
+    train_rows = train.select(pl.len()).collect().item()
     valid = io.read_table(out, FRAMES, dt, "retriever_valid")
     frames_dir = io.partition_dir(out, FRAMES, dt)
-    if train.height == 0:
+    if train_rows == 0:
         raise ValueError(
             f"{frames_dir}/retriever_train.parquet has no rows (a one-day window has no training day); "
             "fix: set data.train_window_days >= 2"
@@ -192,7 +209,9 @@ def load_inputs(out: Path, dt: date, use_content: bool = True) -> RetrieverInput
     has_eval = bool(manifest.get("eval", {}).get("present"))
 
     hist_len = max(_hist_len(train), _hist_len(users), _hist_len(valid))
-    user_spec = spec_for(vocab, train.schema, ("user",), hist_len=hist_len, item_content=False, label=False)
+    user_spec = spec_for(
+        vocab, train.collect_schema(), ("user",), hist_len=hist_len, item_content=False, label=False
+    )
     content = load_item_content(out, dt) if use_content else None
     item_spec = spec_for(vocab, items.schema, ("item",), hist_len=0, item_content=use_content, label=False)
     if "item_id" not in item_spec.fields:
@@ -202,8 +221,9 @@ def load_inputs(out: Path, dt: date, use_content: bool = True) -> RetrieverInput
         )
     catalogue = to_batch(items, item_spec, content)
     catalogue[ITEM_IDX] = torch.arange(items.height, dtype=torch.long)
-    train_users = compact_batch(to_batch(train, user_spec))  # (R, ...) int32 ids, float32 counts/numeric
-    train_items = torch.tensor(train["item_idx"].cast(pl.Int32).to_numpy())  # (R,) int32
+    train_users = read_compact_batch(train_path, user_spec)  # (R, ...) int32 ids, float32 counts/numeric
+    pairs = train.select("user_id", "item_idx", "ts").collect()
+    train_items = torch.from_numpy(pairs["item_idx"].cast(pl.Int32).to_numpy().copy())  # (R,) int32
 
     first_valid = valid.sort("ts", "user_id", "item_id").unique("user_id", keep="first", maintain_order=True)
     relevant = (
@@ -215,7 +235,7 @@ def load_inputs(out: Path, dt: date, use_content: bool = True) -> RetrieverInput
     positives = pl.concat(
         [
             df.select("user_id", pl.col("item_idx").cast(pl.Int64), pl.col("ts").dt.date().alias("day"))
-            for df in (train, valid)
+            for df in (pairs, valid)
         ]
     )
     eval_pairs = io.read_table(out, FRAMES, dt, "eval_retrieval") if has_eval else None
@@ -243,7 +263,7 @@ def load_inputs(out: Path, dt: date, use_content: bool = True) -> RetrieverInput
             "items": items.height,
             "cold_items": int((~items["seen"]).sum()),
             "users": users.height,
-            "train_rows": train.height,
+            "train_rows": train_rows,
             "train_tensor_mb": round((batch_nbytes(train_users) + train_items.nbytes) / 2**20, 1),
             "valid_rows": valid.height,
             "valid_users": first_valid.height,
@@ -303,8 +323,9 @@ def _valid_recall(inputs: RetrieverInputs, device: torch.device, k: int = VALID_
     def score(model: TwoTower) -> float:
         items = encode(model.item_embedding, inputs.catalogue, ENCODE_CHUNK, device)  # (N, D)
         users = encode(model.user_embedding, inputs.valid_users, ENCODE_CHUNK, device)  # (V, D)
+        rows = max(1, (VALID_SCORE_MB << 20) // (4 * items.shape[0]))
         top = torch.cat(
-            [torch.topk(u @ items.T, k, dim=1).indices for u in users.split(ENCODE_CHUNK)]
+            [torch.topk(u @ items.T, k, dim=1).indices for u in users.split(rows)]
         ).numpy()  # (V, k)
         return recall_at_k(top, inputs.valid_relevant, [k])[k]
 
@@ -501,25 +522,50 @@ def als_positions(
 
 
 def ranking_metrics(
-    ranked: np.ndarray, relevant: list[set[str]], n_items: int, ks: tuple[int, ...] = EVAL_KS
+    ranked: np.ndarray, relevant: list[set[int]], n_items: int, ks: tuple[int, ...] = EVAL_KS
 ) -> dict[str, float]:
     """recall@K, ndcg@K, hit_rate@K and coverage@K (share of the catalogue in some user's top K).
 
-    ranked: [Q, K_max] str item ids ("" = none), relevant: Q sets of item ids.
+    ranked: [Q, K_max] int64 item positions (item_idx, -1 = none); relevant: Q sets of item positions
+    (`relevant_positions`: items outside the catalogue have codes <= -2, so they count as relevant but are
+    never ranked). Integer ids keep this cheap: on 60k users x 100 string ids the sorts inside the metrics
+    took ~60 s and ~1.4 GB.
     """
     ks = tuple(k for k in ks if k <= ranked.shape[1])
     out: dict[str, float] = {}
-    for name, fn in (("recall", recall_at_k), ("ndcg", ndcg_at_k), ("hit_rate", hit_rate_at_k)):
-        for k, v in fn(ranked, relevant, ks).items():
+    for name, values in metrics_at_k(ranked, relevant, ks).items():
+        for k, v in values.items():
             out[f"{name}@{k}"] = round(v, 6)
     for k in ks:
-        out[f"coverage@{k}"] = round(catalogue_coverage(ranked, n_items, k, missing=""), 6)
+        out[f"coverage@{k}"] = round(catalogue_coverage(ranked, n_items, k, missing=-1), 6)
     return out
 
 
-def ids_of_positions(inputs: RetrieverInputs, positions: np.ndarray) -> np.ndarray:
-    """positions: [Q, K] int64 item_idx (-1 = none) -> [Q, K] str item ids ("" = none)."""
-    return np.where(positions >= 0, inputs.item_ids[np.maximum(positions, 0)], "")
+def relevant_positions(inputs: RetrieverInputs, item_ids: list[list[str]]) -> list[set[int]]:
+    """Q lists of relevant item ids -> Q sets of item positions (item_idx).
+
+    An id outside the catalogue (an item first seen on the evaluation day) cannot be ranked but still
+    counts in recall's denominator: each such id gets its own code <= -2 (-1 is ranked padding).
+    """
+    flat = pl.DataFrame(
+        {
+            "_q": np.repeat(np.arange(len(item_ids), dtype=np.int64), [len(v) for v in item_ids]),
+            "item_id": pl.Series([i for v in item_ids for i in v], dtype=pl.String),
+        }
+    )
+    catalogue = (
+        pl.DataFrame({"item_id": inputs.item_ids})
+        .with_row_index("_i")
+        .with_columns(pl.col("_i").cast(pl.Int64))
+    )
+    unknown = flat.join(catalogue, on="item_id", how="anti").select("item_id").unique().sort("item_id")
+    unknown = unknown.with_columns((-2 - pl.int_range(pl.len(), dtype=pl.Int64)).alias("_i"))
+    codes = pl.concat([catalogue.select("item_id", "_i"), unknown.select("item_id", "_i")])
+    coded = flat.join(codes, on="item_id", how="left", maintain_order="left")
+    out: list[set[int]] = [set() for _ in item_ids]
+    for q, i in zip(coded["_q"].to_list(), coded["_i"].to_list(), strict=True):
+        out[q].add(i)
+    return out
 
 
 def eval_user_rows(inputs: RetrieverInputs) -> np.ndarray:
@@ -544,8 +590,9 @@ def evaluate(
 
     Args:
         inputs: the run's inputs; inputs.eval_pairs must be present.
-        model_ranked: [U, K_max] str item ids per row of users.parquet, best first (K_max >= 100); or,
-            with `ranked_rows`, [R, K_max] for the users.parquet rows `ranked_rows` only.
+        model_ranked: [U, K_max] int64 item positions (item_idx, -1 = none) per row of users.parquet, best
+            first (K_max >= 100); or, with `ranked_rows`, [R, K_max] for the users.parquet rows
+            `ranked_rows` only.
         exclude: [U, N] purchases excluded from every method's ranking, or None.
         seed: ALS seed.
         baselines: compute popularity (and ALS when installed) too.
@@ -564,7 +611,7 @@ def evaluate(
     )
     known = grouped.filter(pl.col("_u").is_not_null())
     user_rows = known["_u"].to_numpy().astype(np.int64)
-    relevant = [set(v) for v in known["item_id"].to_list()]
+    relevant = relevant_positions(inputs, known["item_id"].to_list())
     out: dict[str, Any] = {
         "present": True,
         "day": (inputs.dt + timedelta(days=1)).isoformat(),
@@ -593,10 +640,10 @@ def evaluate(
         return out
     sub_excl = exclude[user_rows] if exclude is not None else None
     pop = popularity_positions(popularity_counts(inputs), len(user_rows), k_max, sub_excl)
-    out["popularity_7d"] = ranking_metrics(ids_of_positions(inputs, pop), relevant, inputs.n_items)
+    out["popularity_7d"] = ranking_metrics(pop, relevant, inputs.n_items)
     if als_available():
         als, figures = als_positions(inputs, user_rows, k_max, exclude, seed)
-        out["als"] = {**ranking_metrics(ids_of_positions(inputs, als), relevant, inputs.n_items), **figures}
+        out["als"] = {**ranking_metrics(als, relevant, inputs.n_items), **figures}
     else:
         out["als"] = {"status": "not installed (pip install implicit to add the ALS baseline)"}
     return out
@@ -664,33 +711,34 @@ def write_candidates(
         block_users: users per block.
 
     Returns:
-        ([E'] int64 ascending rows of `keep_rows` found in [0, U), [E', k_search] str item ids of those
-        users, best first, "" = none).
+        ([E'] int64 ascending rows of `keep_rows` found in [0, U), [E', k_search] int64 index positions
+        (item_idx) of those users' results, best first, -1 = none).
     """
     if block_users < 1:
         raise ValueError(f"write_candidates: block_users must be >= 1, got {block_users}")
     n_users = user_emb.shape[0]
     k_fetch = min(k_search, index.ntotal)
     order = np.argsort(user_ids, kind="stable")  # (U,) users.parquet rows by user_id
-    kept_rows, kept_ids = [np.zeros(0, np.int64)], [np.full((0, k_search), "", dtype=str)]
+    kept_rows, kept_pos = [np.zeros(0, np.int64)], [np.zeros((0, k_search), np.int64)]
     for lo in range(0, n_users, block_users):
         rows = order[lo : lo + block_users]  # (b,)
         sub = exclude[rows] if exclude is not None else None  # (b, N)
-        scores, ids = faiss_index.search(index, user_emb[rows], k_fetch, exclude=sub)  # (b, k_fetch)
-        if ids.shape[1] < k_search:
-            pad = k_search - ids.shape[1]
-            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values="")
+        scores, pos = faiss_index.search_positions(index, user_emb[rows], k_fetch, exclude=sub)  # (b, k')
+        if pos.shape[1] < k_search:
+            pad = k_search - pos.shape[1]
+            pos = np.pad(pos, ((0, 0), (0, pad)), constant_values=-1)
             scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        ids = np.where(pos[:, :top_k] >= 0, index.ids[np.maximum(pos[:, :top_k], 0)], "")  # (b, top_k)
         writer.write(candidates_frame(user_ids[rows], ids, scores, top_k))
         mine = np.isin(rows, keep_rows)  # (b,)
         kept_rows.append(rows[mine].astype(np.int64))
-        kept_ids.append(ids[mine])
+        kept_pos.append(pos[mine])
     if writer.rows == 0:  # no user: the file still exists, with the schema
         schema = {"user_id": pl.String, "item_id": pl.String, "rank": pl.Int32, "score": pl.Float32}
         writer.write(pl.DataFrame(schema=schema))
     found = np.concatenate(kept_rows)  # (E',)
     by_row = np.argsort(found, kind="stable")
-    return found[by_row], np.concatenate(kept_ids)[by_row]
+    return found[by_row], np.concatenate(kept_pos)[by_row]
 
 
 def _data_dir(run: RunInfo, data_dir: Path | None) -> Path:

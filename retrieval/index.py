@@ -46,6 +46,9 @@ INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.npy"
 META_FILE = "index.json"
 TUNE_QUERIES = 1000  # queries sampled from the items to tune nprobe / efSearch
+# at most this many of the given tune_queries are used (a seeded sample): recall@100 over 4,096 queries has a
+# standard error under 0.003, and tuning on every user of a large run took 492 s and ~1.5 GB (200k users)
+MAX_TUNE_QUERIES = 4096
 TUNE_K = 100  # recall@k measured at this k (clipped to N)
 EF_CONSTRUCTION = 64  # HNSW build-time beam width
 MAX_EF_SEARCH = 4096
@@ -260,8 +263,8 @@ def build_index(
         ids: [N] int64 or str, the item id of each row.
         cfg: index config (kind, exact_below, nlist, nprobe, hnsw_m, target_recall, use_gpu).
         seed: seeds the k-means training sample and the tuning-query sample.
-        tune_queries: [Q, D] float32 queries to tune on (e.g. a sample of user embeddings); None samples
-            up to 1000 of the items themselves.
+        tune_queries: [Q, D] float32 queries to tune on (e.g. the user embeddings); a seeded sample of
+            MAX_TUNE_QUERIES rows is used when Q is larger. None samples up to 1000 of the items themselves.
         tune_k: recall@k is measured at this k (clipped to N).
 
     Returns:
@@ -318,6 +321,8 @@ def build_index(
             q = x[np.sort(rng.choice(n, min(n, TUNE_QUERIES), replace=False))]
         else:
             q = _check_embeddings(tune_queries, "build_index: tune_queries", d)
+            if len(q) > MAX_TUNE_QUERIES:
+                q = q[np.sort(rng.choice(len(q), MAX_TUNE_QUERIES, replace=False))]
         exact_index = faiss.IndexFlatIP(d)
         exact_index.add(x)
         _, exact = exact_index.search(q, k)  # (Q, K)
@@ -391,6 +396,8 @@ def search(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k items by inner product for each query, optionally leaving out excluded items per query.
 
+    `search_positions` with the positions mapped to item ids.
+
     Args:
         index: a built or loaded `RetrievalIndex`.
         query_emb: [Q, D] float32, L2-normalised user tower outputs.
@@ -402,6 +409,24 @@ def search(
     Returns:
         scores: [Q, k] float32, best first; -inf where fewer than k results exist.
         ids: [Q, k] int64 or str item ids; `index.missing_id` (-1 or "") where fewer than k exist.
+    """
+    scores, pos = search_positions(index, query_emb, k, exclude)
+    valid = pos >= 0
+    out_ids = np.where(valid, index.ids[np.where(valid, pos, 0)], index.missing_id)
+    return scores, out_ids.astype(index.ids.dtype)
+
+
+def search_positions(
+    index: RetrievalIndex,
+    query_emb: np.ndarray,
+    k: int,
+    exclude: Mapping[int, Iterable[Any]] | Any | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`search`, returning index positions (rows of the embeddings the index was built from) for ids.
+
+    Returns:
+        scores: [Q, k] float32, best first; -inf where fewer than k results exist.
+        positions: [Q, k] int64, -1 where fewer than k results exist.
     """
     if k < 1:
         raise ValueError(f"search: k must be >= 1, got {k}")
@@ -422,8 +447,7 @@ def search(
         pos = np.take_along_axis(pos, keep, axis=1)
         valid = np.take_along_axis(valid, keep, axis=1)
     scores = np.where(valid, scores, -np.inf).astype(np.float32)
-    out_ids = np.where(valid, index.ids[np.where(valid, pos, 0)], index.missing_id)
-    return scores, out_ids.astype(index.ids.dtype)
+    return scores, np.where(valid, pos, -1).astype(np.int64)
 
 
 # ---------------------------------------------------------------- save / load

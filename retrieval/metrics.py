@@ -99,10 +99,7 @@ def recall_at_k(ranked: np.ndarray, relevant: Sequence[Collection], ks: Sequence
     {1: 0.0, 3: 0.5}
     """
     hits, n_rel = hit_matrix(ranked, relevant)
-    ks = _check_ks(ks, hits.shape[1])
-    keep = _evaluated(n_rel)
-    cum = np.cumsum(hits[keep], axis=1)  # (U', K)
-    return {k: float((cum[:, k - 1] / n_rel[keep]).mean()) for k in ks}
+    return _recall(hits, n_rel, _check_ks(ks, hits.shape[1]))
 
 
 def hit_rate_at_k(ranked: np.ndarray, relevant: Sequence[Collection], ks: Sequence[int]) -> dict[int, float]:
@@ -114,10 +111,7 @@ def hit_rate_at_k(ranked: np.ndarray, relevant: Sequence[Collection], ks: Sequen
         ks: the cut-offs, each in [1, K_max].
     """
     hits, n_rel = hit_matrix(ranked, relevant)
-    ks = _check_ks(ks, hits.shape[1])
-    keep = _evaluated(n_rel)
-    cum = np.cumsum(hits[keep], axis=1)  # (U', K)
-    return {k: float((cum[:, k - 1] > 0).mean()) for k in ks}
+    return _hit_rate(hits, n_rel, _check_ks(ks, hits.shape[1]))
 
 
 def ndcg_at_k(ranked: np.ndarray, relevant: Sequence[Collection], ks: Sequence[int]) -> dict[int, float]:
@@ -129,7 +123,39 @@ def ndcg_at_k(ranked: np.ndarray, relevant: Sequence[Collection], ks: Sequence[i
         ks: the cut-offs, each in [1, K_max].
     """
     hits, n_rel = hit_matrix(ranked, relevant)
+    return _ndcg(hits, n_rel, _check_ks(ks, hits.shape[1]))
+
+
+def metrics_at_k(
+    ranked: np.ndarray, relevant: Sequence[Collection], ks: Sequence[int]
+) -> dict[str, dict[int, float]]:
+    """recall@K, ndcg@K and hit_rate@K from one hit matrix (the three functions above each build one).
+
+    >>> metrics_at_k(np.array([[1, 2, 3], [4, 5, 6]]), [{2, 3}, {9}], [1, 3])["recall"]
+    {1: 0.0, 3: 0.5}
+    """
+    hits, n_rel = hit_matrix(ranked, relevant)
     ks = _check_ks(ks, hits.shape[1])
+    return {
+        "recall": _recall(hits, n_rel, ks),
+        "ndcg": _ndcg(hits, n_rel, ks),
+        "hit_rate": _hit_rate(hits, n_rel, ks),
+    }
+
+
+def _recall(hits: np.ndarray, n_rel: np.ndarray, ks: list[int]) -> dict[int, float]:
+    keep = _evaluated(n_rel)
+    cum = np.cumsum(hits[keep], axis=1)  # (U', K)
+    return {k: float((cum[:, k - 1] / n_rel[keep]).mean()) for k in ks}
+
+
+def _hit_rate(hits: np.ndarray, n_rel: np.ndarray, ks: list[int]) -> dict[int, float]:
+    keep = _evaluated(n_rel)
+    cum = np.cumsum(hits[keep], axis=1)  # (U', K)
+    return {k: float((cum[:, k - 1] > 0).mean()) for k in ks}
+
+
+def _ndcg(hits: np.ndarray, n_rel: np.ndarray, ks: list[int]) -> dict[int, float]:
     keep = _evaluated(n_rel)
     hits, n_rel = hits[keep], n_rel[keep]
     discount = 1.0 / np.log2(np.arange(hits.shape[1]) + 2.0)  # (K,)

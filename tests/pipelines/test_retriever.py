@@ -7,6 +7,7 @@ import shutil
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import polars as pl
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 
 from models.retriever_train import encode, load_retriever
 from pipelines import io
+from pipelines.batches import to_batch
 from pipelines.config import Config, load_config
 from pipelines.embedding import embed_items
 from pipelines.frames import build_frames
@@ -30,6 +32,9 @@ from pipelines.retriever import (
     fit,
     load_inputs,
     popularity_positions,
+    ranking_metrics,
+    read_compact_batch,
+    relevant_positions,
     train_retriever_stage,
     widen_batch,
     write_candidates,
@@ -217,9 +222,27 @@ def test_write_candidates_by_hand(tmp_path: Path) -> None:
         assert df.columns == ["user_id", "item_id", "rank", "score"] and writer.rows == 6
         assert df.select("user_id", "item_id", "rank").rows() == want_rows, block
         np.testing.assert_allclose(df["score"].to_numpy(), want_scores, atol=1e-6)
-        # the kept users' whole search (k_search = 3), rows ascending: u3 [i1, i2, i3], u2 [i3, i2, i1]
+        # the kept users' whole search (k_search = 3) as positions, rows ascending: u3 [i1, i2, i3],
+        # u2 [i3, i2, i1]
         np.testing.assert_array_equal(rows, [0, 2])
-        np.testing.assert_array_equal(ids, [["i1", "i2", "i3"], ["i3", "i2", "i1"]])
+        np.testing.assert_array_equal(ids, [[1, 2, 3], [3, 2, 1]])
+
+
+@pytest.mark.slow  # shares the ~20 s module fixture
+def test_reading_train_pairs_in_parts_equals_reading_them_whole(
+    built: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipelines.retriever as retriever
+
+    inputs = load_inputs(built["out"], built["dt"])
+    path = io.committed_path(built["out"], "frames", built["dt"], "retriever_train.parquet")
+    whole = compact_batch(to_batch(pl.read_parquet(path), inputs.user_spec))
+    monkeypatch.setattr(retriever, "TRAIN_READ_ROWS", 7)  # many parts, the last one short
+    parts = read_compact_batch(path, inputs.user_spec)
+    assert whole.keys() == parts.keys() == inputs.train_users.keys()
+    for k in whole:
+        assert torch.equal(whole[k], parts[k]) and torch.equal(whole[k], inputs.train_users[k]), k
+    np.testing.assert_array_equal(inputs.train_items.numpy(), pl.read_parquet(path)["item_idx"].to_numpy())
 
 
 def test_compact_batch_round_trip() -> None:
@@ -256,6 +279,18 @@ def test_popularity_positions_by_hand() -> None:
     excl = sp.csr_matrix(([1.0], ([0], [1])), shape=(2, 4))
     got = popularity_positions(np.array([5, 9, 5, 1]), 2, 2, excl)
     np.testing.assert_array_equal(got, [[0, 2], [1, 0]])
+
+
+def test_relevant_positions_and_metrics_by_hand() -> None:
+    inputs = SimpleNamespace(item_ids=np.array(["i0", "i1", "i2", "i3"]))
+    # "new" is not in the catalogue: relevant (it counts in recall's denominator), never ranked
+    relevant = relevant_positions(inputs, [["i2", "new"], ["i0"], ["new", "zz", "i3"]])
+    assert relevant[0] == {2, -2} and relevant[1] == {0} and relevant[2] == {-2, -3, 3}
+    ranked = np.array([[2, 0], [1, -1], [3, 1]])
+    got = ranking_metrics(ranked, relevant, 4, ks=(1, 2))
+    assert got["recall@1"] == pytest.approx((1 / 2 + 0 + 1 / 3) / 3)
+    assert got["hit_rate@2"] == pytest.approx(2 / 3)
+    assert got["coverage@1"] == pytest.approx(3 / 4) and got["coverage@2"] == pytest.approx(1.0)
 
 
 def test_candidates_frame_drops_missing() -> None:

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from retrieval.config import IndexConfig
-from retrieval.index import _recall, _set_param, build_index, choose_kind, default_nlist, load, save, search
+from retrieval.index import MAX_TUNE_QUERIES, _recall, _set_param, build_index, choose_kind, default_nlist, load, save, search
 
 ITEMS = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [-1.0, 0.0]], dtype=np.float32)
 QUERY = np.array([[0.8, 0.6]], dtype=np.float32)
@@ -105,6 +105,18 @@ def test_ivf_reaches_target_with_the_smallest_nprobe(tmp_path: Path) -> None:
     back = load(tmp_path)
     assert faiss.extract_index_ivf(back.index).nprobe == f["nprobe"]
     np.testing.assert_array_equal(search(back, x[:5], 10)[1], search(idx, x[:5], 10)[1])
+
+
+def test_many_tune_queries_are_sampled_down_the_same_way_each_time() -> None:
+    x = _clustered(2000, 8, 20, seed=3)
+    users = _clustered(MAX_TUNE_QUERIES + 500, 8, 20, seed=4)
+    cfg = IndexConfig(kind="ivf", target_recall=0.9, use_gpu="never")
+    a = build_index(x, np.arange(2000), cfg, seed=5, tune_queries=users, tune_k=10)
+    b = build_index(x, np.arange(2000), cfg, seed=5, tune_queries=users, tune_k=10)
+    assert a.figures["tune_queries"] == MAX_TUNE_QUERIES
+    assert a.figures["nprobe"] == b.figures["nprobe"] and a.figures["recall"] == b.figures["recall"]
+    few = build_index(x, np.arange(2000), cfg, seed=5, tune_queries=users[:300], tune_k=10)
+    assert few.figures["tune_queries"] == 300  # fewer than the cap: all of them
 
 
 def test_hnsw_reaches_target() -> None:
