@@ -765,9 +765,27 @@ def _load_model(out: Path, dt: date) -> tuple[nn.Module, dict[str, Any], date]:
 def _score_frame(
     model: nn.Module, df: pl.DataFrame, spec: BatchSpec, content: ItemContent | None, device: torch.device
 ) -> np.ndarray:
-    """[P] float64 probabilities of the rows of `df` (features as in the training frames), in chunks."""
-    batches = (to_batch(df.slice(i, SCORE_CHUNK), spec, content) for i in range(0, df.height, SCORE_CHUNK))
-    return _sigmoid(predict(model, batches, device))
+    """[P] float64 probabilities of the rows of `df` (features as in the training frames), in chunks.
+
+    Every forward pass has the one shape [SCORE_CHUNK, ...]: the last chunk is padded (`_padded`). The CPU
+    matrix kernels (oneDNN/MKL) are chosen by the matrix shape, so on an AVX-512 machine a pair scored in a
+    forward of 4 rows differed in its last float32 bits from the same pair scored among 24: a user's scores
+    depended on how many users shared its block. With one shape they do not.
+    """
+    chunks = (df.slice(i, SCORE_CHUNK) for i in range(0, df.height, SCORE_CHUNK))
+    parts = [
+        predict(model, [_padded(to_batch(chunk, spec, content), SCORE_CHUNK)], device)[: chunk.height]
+        for chunk in chunks
+    ]
+    return _sigmoid(np.concatenate(parts) if parts else np.zeros(0, np.float32))
+
+
+def _padded(batch: Batch, rows: int) -> Batch:
+    """Each tensor of `batch` ([m, ...], m <= rows) padded to [rows, ...] by repeating its first row."""
+    m = next(iter(batch.values())).shape[0]
+    if m == rows:
+        return batch
+    return {k: torch.cat([v, v[:1].expand(rows - m, *v.shape[1:])]) for k, v in batch.items()}
 
 
 def _candidate_blocks(path: Path, users: pl.Series, block_users: int) -> Iterator[pl.DataFrame]:
