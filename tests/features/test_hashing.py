@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import mmh3
 import numpy as np
@@ -403,6 +404,36 @@ def test_bucketize_threaded_equals_serial(rows: list, seed: int) -> None:
     serial = bucketize(df, fields, seed, threads=1)
     assert serial["bkt_user_id"].to_list() == [bucket_of(r[1], 1000, seed) for r in rows]
     assert serial["bkt_gender_x_brand"].to_list() == [bucket_of((r[2], r[0]), 50, seed) for r in rows]
-    assert bucketize(df, fields, seed).equals(serial)  # the default is serial
+    assert bucketize(df, fields, seed).equals(serial)  # the default (serial under 100k rows)
     for threads in (2, 4):
         assert bucketize(df, fields, seed, threads=threads).equals(serial)
+
+
+def test_bucketize_default_uses_the_cores_on_large_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From 100k rows the default runs on a pool of usable_cores() threads, with the serial buckets."""
+    import features.hashing as hashing
+
+    rng = np.random.default_rng(3)
+    n = 120_000  # above the serial threshold (100k rows)
+    df = pl.DataFrame(
+        {
+            "user_id": rng.integers(1, 50_000, n),
+            "brand": pl.Series([f"b{i}" for i in range(300)]).gather(rng.integers(0, 300, n)),
+        }
+    )
+    fields = [FieldSpec("user_id", ("user_id",), 1000, "user"), FieldSpec("brand", ("brand",), 64, "item")]
+    pools: list[int] = []
+    real_pool = hashing.ThreadPoolExecutor
+
+    def counting_pool(max_workers: int) -> ThreadPoolExecutor:
+        pools.append(max_workers)
+        return real_pool(max_workers=max_workers)
+
+    monkeypatch.setattr(hashing, "ThreadPoolExecutor", counting_pool)
+    monkeypatch.setattr(hashing, "usable_cores", lambda: 2)
+    threaded = bucketize(df, fields, 7)
+    assert pools == [2]  # two source columns, two cores: one pool of two threads
+    assert threaded.equals(bucketize(df, fields, 7, threads=1))
+    assert threaded["bkt_brand"][:5].to_list() == [bucket_of(v, 64, 7) for v in df["brand"][:5]]
+    assert bucketize(df.head(99_999), fields, 7).equals(threaded.head(99_999))  # serial there
+    assert pools == [2]
