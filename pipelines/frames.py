@@ -194,21 +194,33 @@ def _unique_ids(df: pl.DataFrame, key: str, file: str) -> None:
         raise ValueError(f"{file}: {key} has nulls; fix: drop the rows without an id")
 
 
+def _dictionary_encoded(table: pl.DataFrame, names: Sequence[str]) -> list[pl.Expr]:
+    """The categorical attributes of a users/items table, String ones cast to Categorical.
+
+    The attributes are joined onto every example before `bucketize`; as Categorical they travel as integer
+    codes, so bucketize reads the codes instead of dictionary-encoding each example's strings again (one
+    hash-table probe per row; docs/hashing.md). The cast costs one pass over the table (users or items),
+    not over the events, and the buckets are the same (bucketize hashes a Categorical's string values).
+    """
+    return [pl.col(c).cast(pl.Categorical) if table.schema[c] == pl.String else pl.col(c) for c in names]
+
+
 def _user_table(users: pl.DataFrame, cols: ColumnsConfig) -> pl.DataFrame:
-    """user_id, categorical attributes (raw), num_user_* (raw values, standardised later)."""
+    """user_id, categorical attributes (raw; String ones as Categorical), num_user_* (raw, standardised later)."""
     return users.select(
         "user_id",
-        *cols.user_categorical,
+        *_dictionary_encoded(users, cols.user_categorical),
         *(pl.col(c).alias(numeric_column("user", c)) for c in cols.user_numeric),
     )
 
 
 def _item_table(items: pl.DataFrame, cols: ColumnsConfig) -> pl.DataFrame:
-    """item_id, item_idx (catalogue row number), categorical attributes (raw), num_item_* (raw)."""
+    """item_id, item_idx (catalogue row number), categorical attributes (raw; String ones as Categorical),
+    num_item_* (raw)."""
     return items.select(
         "item_id",
         pl.int_range(pl.len(), dtype=pl.Int32).alias("item_idx"),
-        *cols.item_categorical,
+        *_dictionary_encoded(items, cols.item_categorical),
         *(pl.col(c).alias(numeric_column("item", c)) for c in cols.item_numeric),
     )
 
