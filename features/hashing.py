@@ -523,6 +523,17 @@ def _cross(left: _Encoded, right: _Encoded, buckets: int, seed: int, name: str) 
     return _gather(_Encoded(codes, size, present, texts), buckets, seed, name)
 
 
+def strings_as_categorical(schema: pl.Schema, names: Sequence[str]) -> list[pl.Expr]:
+    """The columns `names` of a table with `schema`, String ones cast to Categorical (others as they are).
+
+    For an attribute table (users, items) that is joined onto many rows before `bucketize`: as Categorical
+    the attributes travel through the join as integer codes, and bucketize reads the codes instead of
+    dictionary-encoding every joined row's strings (a hash-table probe per row). The cast costs one pass
+    over the table, and the buckets are the same: bucketize hashes a Categorical's string values.
+    """
+    return [pl.col(c).cast(pl.Categorical) if schema[c] == pl.String else pl.col(c) for c in names]
+
+
 def usable_cores() -> int:
     """The CPUs this process may run on (its affinity mask where the OS has one, else the CPU count)."""
     if hasattr(os, "sched_getaffinity"):

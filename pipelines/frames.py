@@ -40,6 +40,7 @@ from features.hashing import (
     build_vocab,
     collision_report,
     hash_series,
+    strings_as_categorical,
 )
 from features.history import HIST, count_column, point_in_time_history
 from features.sampling import sample_negatives_with_stats
@@ -194,22 +195,11 @@ def _unique_ids(df: pl.DataFrame, key: str, file: str) -> None:
         raise ValueError(f"{file}: {key} has nulls; fix: drop the rows without an id")
 
 
-def _dictionary_encoded(table: pl.DataFrame, names: Sequence[str]) -> list[pl.Expr]:
-    """The categorical attributes of a users/items table, String ones cast to Categorical.
-
-    The attributes are joined onto every example before `bucketize`; as Categorical they travel as integer
-    codes, so bucketize reads the codes instead of dictionary-encoding each example's strings again (one
-    hash-table probe per row; docs/hashing.md). The cast costs one pass over the table (users or items),
-    not over the events, and the buckets are the same (bucketize hashes a Categorical's string values).
-    """
-    return [pl.col(c).cast(pl.Categorical) if table.schema[c] == pl.String else pl.col(c) for c in names]
-
-
 def _user_table(users: pl.DataFrame, cols: ColumnsConfig) -> pl.DataFrame:
     """user_id, categorical attributes (raw; String ones as Categorical), num_user_* (raw, standardised later)."""
     return users.select(
         "user_id",
-        *_dictionary_encoded(users, cols.user_categorical),
+        *strings_as_categorical(users.schema, cols.user_categorical),
         *(pl.col(c).alias(numeric_column("user", c)) for c in cols.user_numeric),
     )
 
@@ -220,7 +210,7 @@ def _item_table(items: pl.DataFrame, cols: ColumnsConfig) -> pl.DataFrame:
     return items.select(
         "item_id",
         pl.int_range(pl.len(), dtype=pl.Int32).alias("item_idx"),
-        *_dictionary_encoded(items, cols.item_categorical),
+        *strings_as_categorical(items.schema, cols.item_categorical),
         *(pl.col(c).alias(numeric_column("item", c)) for c in cols.item_numeric),
     )
 

@@ -34,7 +34,7 @@ import polars as pl
 import torch
 from torch import nn
 
-from features.hashing import FieldSpec, Vocab, bucketize
+from features.hashing import FieldSpec, Vocab, bucketize, strings_as_categorical
 from models.config import RankerConfig
 from models.inputs import Batch
 from models.metrics import (
@@ -566,8 +566,11 @@ def pair_tables(out: Path, dt: date, vocab: Vocab, data_dir: Path, hash_seed: in
             f"vocab of frames/dt={dt}: crossed sources {unknown} are neither user nor item attributes; "
             "fix: rebuild the frames with this code"
         )
-    raw_u = io.read_users(data_dir).select("user_id", *sorted(need & user_src))
-    raw_i = io.read_items(data_dir).select("item_id", *sorted(need & item_src))
+    # String attributes as Categorical: they are joined onto every candidate pair before the crosses are hashed
+    raw_u = io.read_users(data_dir)
+    raw_u = raw_u.select("user_id", *strings_as_categorical(raw_u.schema, sorted(need & user_src)))
+    raw_i = io.read_items(data_dir)
+    raw_i = raw_i.select("item_id", *strings_as_categorical(raw_i.schema, sorted(need & item_src)))
     return PairTables(users, items, raw_u, raw_i, crosses, hash_seed)
 
 

@@ -28,6 +28,7 @@ from features.hashing import (
     collision_report,
     hash_cross,
     hash_series,
+    strings_as_categorical,
 )
 
 # ---------------------------------------------------------------- golden values
@@ -437,3 +438,27 @@ def test_bucketize_default_uses_the_cores_on_large_frames(monkeypatch: pytest.Mo
     assert threaded["bkt_brand"][:5].to_list() == [bucket_of(v, 64, 7) for v in df["brand"][:5]]
     assert bucketize(df.head(99_999), fields, 7).equals(threaded.head(99_999))  # serial there
     assert pools == [2]
+
+
+def test_strings_as_categorical_joined_buckets_equal_the_string_buckets() -> None:
+    """Attributes cast to Categorical in the table, then joined onto events, hash like the raw Strings."""
+    users = pl.DataFrame(
+        {"user_id": [1, 2, 3], "city": ["Oslo", None, ""], "age_bucket": [3, 5, None]},
+        schema={"user_id": pl.Int64, "city": pl.String, "age_bucket": pl.Int64},
+    )
+    table = users.select("user_id", *strings_as_categorical(users.schema, ["city", "age_bucket"]))
+    assert table.schema["city"] == pl.Categorical and table.schema["age_bucket"] == pl.Int64
+    events = pl.DataFrame({"user_id": [3, 1, 1, 2, 9]})  # user 9 is unknown: null attributes
+    fields = [
+        FieldSpec("city", ("city",), 17, "user"),
+        FieldSpec("city_x_age_bucket", ("city", "age_bucket"), 31, "cross"),
+    ]
+    coded = bucketize(events.join(table, on="user_id", how="left", maintain_order="left"), fields, 5)
+    raw = bucketize(events.join(users, on="user_id", how="left", maintain_order="left"), fields, 5)
+    assert coded.select("bkt_city", "bkt_city_x_age_bucket").equals(
+        raw.select("bkt_city", "bkt_city_x_age_bucket")
+    )
+    # "" and null go to bucket 0; only user 1's pair ("Oslo", 3) has both sides
+    assert coded["bkt_city"].to_list() == [0, bucket_of("Oslo", 17, 5), bucket_of("Oslo", 17, 5), 0, 0]
+    pair = bucket_of(("Oslo", 3), 31, 5)
+    assert coded["bkt_city_x_age_bucket"].to_list() == [0, pair, pair, 0, 0]
