@@ -328,3 +328,33 @@ def test_drop_excluded_never_returns_an_excluded_item(args) -> None:
         assert not {(r, x) for x in kept} & bad
         want = [int(x) for x in ranked[r] if (r, int(x)) not in bad][:k]
         assert kept == want  # the survivors, in their original order
+
+
+def test_evaluation_blocks_equal_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ranking_metrics and popularity_positions per block of users give the one-block results."""
+    import pipelines.retriever as retriever
+    from retrieval.metrics import catalogue_coverage, metrics_at_k
+
+    rng = np.random.default_rng(5)
+    q, n, k = 23, 40, 10
+    ranked = np.stack([rng.permutation(n)[:k] for _ in range(q)]).astype(np.int64)  # (Q, K)
+    ranked[3, 6:] = -1  # a short list
+    relevant = [set(rng.choice(n, size=rng.integers(0, 4), replace=False).tolist()) for _ in range(q)]
+    relevant[0] = {-2}  # relevant but outside the catalogue: never ranked
+    ks = (1, 5, 10)
+    want = {
+        f"{name}@{kk}": round(v, 6)
+        for name, values in metrics_at_k(ranked, relevant, ks).items()
+        for kk, v in values.items()
+    }
+    want |= {f"coverage@{kk}": round(catalogue_coverage(ranked, n, kk, missing=-1), 6) for kk in ks}
+    exclude = sp.random(q, n, density=0.1, format="csr", random_state=1)
+    counts = rng.integers(0, 50, n)
+    pop_one = popularity_positions(counts, q, k, exclude)
+    monkeypatch.setattr(retriever, "EVAL_BLOCK_USERS", 4)  # 23 users: five full blocks and one of 3
+    got = ranking_metrics(ranked, relevant, n, ks)
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-6), key
+    assert np.array_equal(popularity_positions(counts, q, k, exclude), pop_one)
+    assert not np.isin(pop_one[0], exclude[0].indices).any()  # exclusions still dropped per block
