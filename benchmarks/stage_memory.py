@@ -7,7 +7,8 @@ The stage reads (and replaces) the committed partitions of `--out`, so point it 
 outputs: `score` needs frames, embeddings, ranker and candidates of D; `retriever` needs frames and
 embeddings of D (and the input events under the config's data.dir, for purchase exclusion). The config is
 the resolved one stored beside frames/dt=D (`_config.json`), so the stage runs with the settings of the
-nightly run that built its inputs; `--set section.key=value` overrides single values.
+nightly run that built its inputs; `--set section.key=value` overrides single values, and `--block-users N`
+sets the stage's users per block (score: SCORE_BLOCK_USERS, retriever: CANDIDATE_BLOCK_USERS).
 
 The child imports the code of the checkout this script lives in (not an installed copy), runs the stage
 once and prints a JSON line with the stage's summary; the parent prints wall time of the stage call and
@@ -47,22 +48,25 @@ def _config(out: Path, dt: str, sets: list[str]):  # noqa: ANN202
     return d, cfg, config_hash(cfg)
 
 
-def child(out: Path, dt: str, stage: str, device: str, sets: list[str]) -> None:
+def child(out: Path, dt: str, stage: str, device: str, sets: list[str], block_users: int | None) -> None:
     sys.path.insert(0, str(ROOT))
     from pipelines import io
     from pipelines.config import config_to_dict
 
     d, cfg, chash = _config(out, dt, sets)
     run = io.RunInfo.new(config_to_dict(cfg), chash, run_id="stagemem")
+    blocks = {} if block_users is None else {"block_users": block_users}
     t0 = time.perf_counter()
     if stage == "score":
         from pipelines.ranking import score_stage
 
-        summary = score_stage(out, d, cfg.ranker, device, run)
+        summary = score_stage(out, d, cfg.ranker, device, run, **blocks)
     else:
         from pipelines.retriever import train_retriever_stage
 
-        summary = train_retriever_stage(out, d, cfg.retriever, cfg.index, cfg.runtime.seed, device, run)
+        summary = train_retriever_stage(
+            out, d, cfg.retriever, cfg.index, cfg.runtime.seed, device, run, **blocks
+        )
         summary.pop("metrics", None)
     wall = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -82,13 +86,17 @@ def main() -> None:
     parser.add_argument("--stage", choices=STAGES, required=True)
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     parser.add_argument("--set", action="append", default=[], help="config override section.key=value")
+    parser.add_argument(
+        "--block-users", type=int, default=None, help="users per block (default: the stage's own constant)"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.out, args.date, args.stage, args.device, args.set)
+        child(args.out, args.date, args.stage, args.device, args.set, args.block_users)
         return
     cmd = [sys.executable, __file__, "--child", "--out", str(args.out), "--date", args.date,
-           "--stage", args.stage, "--device", args.device, *(f"--set={s}" for s in args.set)]  # fmt: skip
+           "--stage", args.stage, "--device", args.device, *(f"--set={s}" for s in args.set),
+           *(["--block-users", str(args.block_users)] if args.block_users else [])]  # fmt: skip
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
