@@ -561,7 +561,7 @@ def ranking_metrics(
             top = block[:, :k]
             covered[k][top[top >= 0]] = True
     if not evaluated:
-        metrics_at_k(ranked[:0], relevant[:0], ks)  # raises the metrics' own error: no user to evaluate
+        metrics_at_k(ranked, relevant, ks)  # no user has a relevant item: raises the metrics' own error
     out = {key: round(total / evaluated, 6) for key, total in sums.items()}
     for k in ks:
         out[f"coverage@{k}"] = round(float(covered[k].sum()) / n_items, 6)
