@@ -568,23 +568,35 @@ def bucketize(
     # each source column is encoded once, however many fields (a column and its crosses) read it
     sources = list(dict.fromkeys(s for f in fields for s in f.sources))
 
-    def field(f: FieldSpec, encoded: dict[str, _Encoded]) -> pl.Series:
-        name = bucket_column(f.name)
-        if len(f.sources) == 1:
-            return _gather(encoded[f.sources[0]], f.buckets, seed, name)
-        return _cross(encoded[f.sources[0]], encoded[f.sources[1]], f.buckets, seed, name)
+    singles = {s: [f for f in fields if f.sources == (s,)] for s in sources}
+    crosses = [f for f in fields if len(f.sources) == 2]
+
+    def source(s: str) -> tuple[_Encoded, list[pl.Series]]:
+        """Encode one source column and gather its own field(s) in the same task."""
+        enc = _encode(df[s])
+        return enc, [_gather(enc, f.buckets, seed, bucket_column(f.name)) for f in singles[s]]
+
+    def cross(f: FieldSpec, encoded: dict[str, _Encoded]) -> pl.Series:
+        left, right = f.sources
+        return _cross(encoded[left], encoded[right], f.buckets, seed, bucket_column(f.name))
 
     # polars and pyarrow release the GIL, the mmh3 calls hold it: on threads, columns run side by side, so
-    # one column's encoding and gather can overlap another's mmh3 loop when a core is free
-    if min(len(sources), threads) <= 1:
-        encoded = {s: _encode(df[s]) for s in sources}
-        return df.with_columns([field(f, encoded) for f in fields])
-    with ThreadPoolExecutor(max_workers=min(len(sources), threads)) as pool:
-        # every encoding is queued before any field (the queue is FIFO), so a field only ever waits for an
-        # encoding that a worker has already started: no deadlock
-        pending = {s: pool.submit(_encode, df[s]) for s in sources}
-        columns = pool.map(lambda f: field(f, {s: pending[s].result() for s in f.sources}), fields)
-        return df.with_columns(list(columns))
+    # one column's encoding and gather overlap another's mmh3 loop. A task never waits on another (a
+    # column's gather runs in the task that encoded it; crosses start once every column is encoded), so
+    # no worker sits idle while work is queued.
+    workers = min(len(sources), threads)
+    if workers <= 1:
+        done = {s: source(s) for s in sources}
+        encoded = {s: enc for s, (enc, _) in done.items()}
+        crossed = [cross(f, encoded) for f in crosses]
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = {s: pool.submit(source, s) for s in sources}
+            done = {s: fut.result() for s, fut in futures.items()}
+            encoded = {s: enc for s, (enc, _) in done.items()}
+            crossed = list(pool.map(lambda f: cross(f, encoded), crosses))
+    columns = {c.name: c for _, cols in done.values() for c in cols} | {c.name: c for c in crossed}
+    return df.with_columns([columns[bucket_column(f.name)] for f in fields])
 
 
 def collision_report(df: pl.DataFrame, fields: Sequence[FieldSpec]) -> dict[str, dict[str, float | int]]:
