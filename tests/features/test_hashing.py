@@ -19,7 +19,6 @@ from features.hashing import (
     NULL_BUCKET,
     FieldSpec,
     Vocab,
-    _dictionary_codes,
     bucket_column,
     bucket_of,
     bucketize,
@@ -173,18 +172,17 @@ def test_string_column_in_several_chunks() -> None:
     assert hash_series(s, 101, 42).to_list() == [bucket_of(v, 101, 42) for v in flat]
 
 
-def test_dictionary_codes_unifies_differing_chunk_dictionaries() -> None:
-    # chunk 1: dictionary [a, b], indices [0, 1]; chunk 2: dictionary [b, c], indices [0, 1, 0]
-    # -> one dictionary [a, b, c]; the rows a, b, b, c, b get codes [0, 1, 1, 2, 1]
-    chunks = pa.chunked_array(
-        [
-            pa.DictionaryArray.from_arrays(pa.array([0, 1], pa.int32()), pa.array(["a", "b"])),
-            pa.DictionaryArray.from_arrays(pa.array([0, 1, 0], pa.int32()), pa.array(["b", "c"])),
-        ]
-    )
-    codes, dictionary = _dictionary_codes(chunks)
-    assert codes.tolist() == [0, 1, 1, 2, 1]
-    assert dictionary.to_pylist() == ["a", "b", "c"]
+def test_many_distinct_values_are_hashed_across_slices() -> None:
+    # more distinct values than one mmh3 slice (16,384), with "" and nulls among them: every slice
+    # boundary must keep the values and their buckets aligned
+    rng = np.random.default_rng(5)
+    texts = [f"v{i}" for i in range(40_000)] + ["", None]
+    rows = [texts[i] for i in rng.integers(0, len(texts), 60_000)]
+    assert hash_series(pl.Series("s", rows, dtype=pl.String), 997, 11).to_list() == [
+        bucket_of(v, 997, 11) for v in rows
+    ]
+    ids = rng.integers(0, 10**9, 50_000)
+    assert hash_series(pl.Series("i", ids), 997, 11).to_list() == [bucket_of(int(v), 997, 11) for v in ids]
 
 
 def test_parquet_dictionary_columns_give_the_string_buckets(tmp_path) -> None:  # noqa: ANN001
