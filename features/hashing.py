@@ -12,10 +12,10 @@ where murmur3_x86_32 returns an unsigned 32-bit integer (`mmh3.hash(..., signed=
 
 The vectorised path (`hash_series`, `bucketize`) dictionary-encodes each column (distinct values plus
 one integer code per row: a cast to Categorical with a mapping of its own for String, the physical codes
-of Categorical / Enum, a dense lookup table or a join for integers), hashes only the distinct values with mmh3 and gathers
-the buckets back by code with pyarrow's `take`; `bucketize` runs its columns on a thread pool (by default
-one thread per usable core), since all of this except the mmh3 calls releases the GIL. `bucket_of` is the
-scalar reference it must agree with.
+of Categorical / Enum, a dense lookup table or a join for integers), hashes only the distinct values with
+mmh3 and gathers the buckets back by code with pyarrow's `take`; `bucketize` runs its columns on a thread
+pool (by default one thread per usable core), since all of this except the mmh3 calls releases the GIL.
+`bucket_of` is the scalar reference it must agree with.
 `pl.Expr.hash` is never used: its output is not stable across polars versions.
 """
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import repeat
@@ -567,17 +567,17 @@ def bucketize(
     # one column's encoding and gather overlap another's mmh3 loop. A task never waits on another (a
     # column's gather runs in the task that encoded it; crosses start once every column is encoded), so
     # no worker sits idle while work is queued.
+    def run(each: Callable) -> tuple[dict[str, tuple[_Encoded, list[pl.Series]]], list[pl.Series]]:
+        done = dict(zip(sources, each(source, sources), strict=True))
+        encoded = {s: enc for s, (enc, _) in done.items()}
+        return done, list(each(lambda f: cross(f, encoded), crosses))
+
     workers = min(len(sources), threads)
     if workers <= 1:
-        done = {s: source(s) for s in sources}
-        encoded = {s: enc for s, (enc, _) in done.items()}
-        crossed = [cross(f, encoded) for f in crosses]
+        done, crossed = run(map)
     else:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = {s: pool.submit(source, s) for s in sources}
-            done = {s: fut.result() for s, fut in futures.items()}
-            encoded = {s: enc for s, (enc, _) in done.items()}
-            crossed = list(pool.map(lambda f: cross(f, encoded), crosses))
+            done, crossed = run(pool.map)
     columns = {c.name: c for _, cols in done.values() for c in cols} | {c.name: c for c in crossed}
     return df.with_columns([columns[bucket_column(f.name)] for f in fields])
 
