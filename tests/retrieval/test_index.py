@@ -12,7 +12,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from retrieval.config import IndexConfig
-from retrieval.index import MAX_TUNE_QUERIES, _recall, _set_param, build_index, choose_kind, default_nlist, load, save, search
+from retrieval.index import (
+    MAX_TUNE_QUERIES,
+    _recall,
+    _set_param,
+    build_index,
+    choose_kind,
+    default_nlist,
+    load,
+    save,
+    search,
+)
 
 ITEMS = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [-1.0, 0.0]], dtype=np.float32)
 QUERY = np.array([[0.8, 0.6]], dtype=np.float32)
