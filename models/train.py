@@ -413,9 +413,15 @@ def train_ranker(
             inner.load_state_dict(result.state_dict)
         n_all, s_all = _gather((np.array([total_n]), np.array([total_s])), info)
         result.samples_per_s = float(n_all.sum() / s_all.max()) if s_all.max() > 0 else 0.0
-    finally:
-        if info.created:
+    except BaseException:
+        if info.created:  # no barrier here: a peer may be stuck in a collective and never reach it
             dist.destroy_process_group()
+        raise
+    if info.created:
+        # Both ranks leave the last all_gather together before gloo is torn down: without this, one rank
+        # could destroy its pairs while the peer still reads from them (the likely cause of one SIGABRT in CI).
+        dist.barrier()
+        dist.destroy_process_group()
     return result
 
 
