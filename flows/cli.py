@@ -97,16 +97,44 @@ def generate(
 
 @app.command(name="import", context_settings=_OVERRIDES)
 def import_(
-    kind: Annotated[str, typer.Argument(help="amazon | myntra | obd")],
-    src: Annotated[Path, typer.Option(help="Folder of the public data set.")],
+    ctx: typer.Context,
+    kind: Annotated[str, typer.Argument(help="amazon | myntra | obd | taobao")],
+    src: Annotated[Path, typer.Option(help="Folder of the public data set (taobao: or the csv file).")],
     data: Annotated[Path, typer.Option(help="Folder to write the converted data set into.")],
+    tz: Annotated[
+        str | None,
+        typer.Option(
+            help="taobao: time zone of the day partitions, e.g. Asia/Shanghai; ts then holds local "
+            "wall-clock time labelled UTC (default UTC: ts is the instant)."
+        ),
+    ] = None,
+    first_day: Annotated[
+        str | None, typer.Option(help="taobao: drop rows before this day (YYYY-MM-DD, in --tz).")
+    ] = None,
+    last_day: Annotated[
+        str | None, typer.Option(help="taobao: drop rows after this day (YYYY-MM-DD, in --tz).")
+    ] = None,
 ) -> None:
     """Convert a public data set layout into the input contract (docs/real-data.md)."""
+    import inspect
+
     from pipelines.adapters import IMPORTERS
 
+    if ctx.args:
+        raise typer.BadParameter(f"unexpected arguments {ctx.args}; see `recsys import --help`")
     if kind not in IMPORTERS:
         raise typer.BadParameter(f"unknown kind {kind!r}; choose one of {sorted(IMPORTERS)}")
-    summary = IMPORTERS[kind](src, data)
+    importer = IMPORTERS[kind]
+    options = {
+        "tz": tz,
+        "first_day": parse_date(first_day) if first_day else None,
+        "last_day": parse_date(last_day) if last_day else None,
+    }
+    options = {k: v for k, v in options.items() if v is not None}
+    unknown = [f"--{k.replace('_', '-')}" for k in options if k not in inspect.signature(importer).parameters]
+    if unknown:
+        raise typer.BadParameter(f"{', '.join(unknown)} does not apply to {kind!r}; drop it")
+    summary = importer(src, data, **options)
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import mmh3
@@ -21,6 +21,7 @@ from pipelines.adapters import (
     import_amazon,
     import_myntra,
     import_obd,
+    import_taobao,
     obd_user_ids,
 )
 
@@ -368,5 +369,188 @@ def test_obd_real(shared_data: Path, tmp_path: Path) -> None:
     assert events.get_column("dt").max() <= date(2019, 12, 1)
 
 
+# ---------------------------------------------------------------- taobao
+
+# Unix seconds of 2017-11-25 00:00 UTC (= 08:00 in Beijing, UTC+8)
+NOV25 = 1511568000
+
+
+def write_taobao(src: Path, rows: list[str], name: str = "UserBehavior.csv") -> Path:
+    src.mkdir(parents=True, exist_ok=True)
+    (src / name).write_text("".join(r + "\n" for r in rows))
+    return src
+
+
+TAOBAO_TINY = [
+    f"1,10,7,pv,{NOV25 + 3600}",  # 01:00 UTC
+    f"1,10,7,fav,{NOV25 + 7200}",
+    f"1,20,,cart,{NOV25 + 10800}",
+    f"2,20,12,buy,{NOV25 + 14400}",
+    f"2,10,9,pv,{NOV25 + 18000}",
+    f"1,40,10,pv,{NOV25 + 21600}",
+    f"1,40,9,pv,{NOV25 + 25200}",
+    f"2,30,,pv,{NOV25 + 86400 + 3600}",  # 2017-11-26 01:00 UTC
+    f"2,30,,pv,{NOV25 + 86400 + 3600}",  # an exact duplicate: kept
+]
+
+
+def test_taobao_tiny_mapping(tmp_path: Path) -> None:
+    out = import_taobao(write_taobao(tmp_path / "src", TAOBAO_TINY), tmp_path / "data")
+    users, items, events = check_contract(tmp_path / "data")
+    t = lambda h: datetime(2017, 11, 25, tzinfo=UTC) + timedelta(hours=h)  # noqa: E731
+    # pv -> view, fav -> click, cart -> cart, buy -> purchase; tz UTC: ts is the instant itself
+    assert events.sort("ts", "user_id").select("user_id", "item_id", "event", "ts", "dt").rows() == [
+        ("1", "10", "view", t(1), date(2017, 11, 25)),
+        ("1", "10", "click", t(2), date(2017, 11, 25)),
+        ("1", "20", "cart", t(3), date(2017, 11, 25)),
+        ("2", "20", "purchase", t(4), date(2017, 11, 25)),
+        ("2", "10", "view", t(5), date(2017, 11, 25)),
+        ("1", "40", "view", t(6), date(2017, 11, 25)),
+        ("1", "40", "view", t(7), date(2017, 11, 25)),
+        ("2", "30", "view", t(25), date(2017, 11, 26)),
+        ("2", "30", "view", t(25), date(2017, 11, 26)),
+    ]
+    # category: 10 -> 7 (2 rows) over 9 (1 row); 20 -> 12 (the empty one does not count); 30 -> always
+    # empty -> null; 40 -> 10 and 9 once each: the tie goes to the smallest id, numerically 9 (not "10")
+    assert items.sort("item_id").select("item_id", "category").rows() == [
+        ("10", "7"),
+        ("20", "12"),
+        ("30", None),
+        ("40", "9"),
+    ]
+    assert items.columns == ["item_id", "title", "image_path", "category"]
+    assert items.schema["category"] == pl.String
+    assert items.get_column("title").null_count() == items.get_column("image_path").null_count() == 4
+    assert users.columns == ["user_id"] and users.get_column("user_id").to_list() == ["1", "2"]
+    assert out["events_by_type"] == {"cart": 1, "click": 1, "purchase": 1, "view": 6}
+    assert out["events_by_date"] == {"2017-11-25": 7, "2017-11-26": 2}
+    assert (out["rows"], out["events"], out["duplicate_events"], out["items_with_category"]) == (9, 9, 1, 3)
+    assert (out["users"], out["items"], out["tz"]) == (2, 4, "UTC")
+
+
+@pytest.mark.parametrize(
+    ("tz", "expected"),
+    [
+        # 15:30 UTC is 23:30 in Beijing (same day); 16:30 UTC is 00:30 the next day in Beijing
+        ("Asia/Shanghai", [(datetime(2017, 11, 25, 23, 30), 25), (datetime(2017, 11, 26, 0, 30), 26)]),
+        ("UTC", [(datetime(2017, 11, 25, 15, 30), 25), (datetime(2017, 11, 25, 16, 30), 25)]),
+    ],
+)
+def test_taobao_time_zone_of_days(tmp_path: Path, tz: str, expected: list[tuple[datetime, int]]) -> None:
+    rows = [f"1,10,,buy,{NOV25 + 15 * 3600 + 1800}", f"1,11,,pv,{NOV25 + 16 * 3600 + 1800}"]
+    out = import_taobao(write_taobao(tmp_path / "src", rows), tmp_path / "data", tz=tz)
+    _, _, events = check_contract(tmp_path / "data")  # also: every ts is on its partition's UTC date
+    got = events.sort("ts").select("ts", "dt").rows()
+    assert got == [(wall.replace(tzinfo=UTC), date(2017, 11, day)) for wall, day in expected]
+    assert out["tz"] == tz
+
+
+def test_taobao_src_may_be_the_file(tmp_path: Path) -> None:
+    src = write_taobao(tmp_path / "src", TAOBAO_TINY, name="sample.csv")
+    out = import_taobao(src / "sample.csv", tmp_path / "data")
+    assert out["events"] == 9 and out["file"] == str(src / "sample.csv")
+
+
+def test_taobao_day_window_drops_rows(tmp_path: Path) -> None:
+    rows = [
+        f"1,10,,pv,{NOV25 - 86400}",  # 2017-11-24: before first_day
+        f"1,10,,pv,{NOV25}",
+        f"1,11,,buy,{NOV25 + 86400}",  # 2017-11-26
+        "1,12,,pv,-2134949234",  # 1902: implausible, outside the window -> dropped, not an error
+        f"1,13,,pv,{NOV25 + 2 * 86400}",  # 2017-11-27: after last_day
+    ]
+    src = write_taobao(tmp_path / "src", rows)
+    out = import_taobao(src, tmp_path / "data", first_day=date(2017, 11, 25), last_day=date(2017, 11, 26))
+    _, items, events = check_contract(tmp_path / "data")
+    assert events.sort("ts").get_column("item_id").to_list() == ["10", "11"]
+    assert (out["rows"], out["rows_outside_days"], out["events"]) == (5, 3, 2)
+    assert items.get_column("item_id").sort().to_list() == ["10", "11"]  # no item of a dropped row
+
+
+def test_taobao_reimport_is_byte_identical(tmp_path: Path) -> None:
+    src = write_taobao(tmp_path / "src", TAOBAO_TINY)
+    import_taobao(src, tmp_path / "a", tz="Asia/Shanghai")
+    import_taobao(src, tmp_path / "b", tz="Asia/Shanghai")
+    files = sorted(str(p.relative_to(tmp_path / "a")) for p in (tmp_path / "a").rglob("*") if p.is_file())
+    # Beijing days 11-25 (09:00 .. 15:00) and 11-26 (09:00); no staging file is left behind
+    assert files == [
+        "events/dt=2017-11-25/part-0.parquet",
+        "events/dt=2017-11-26/part-0.parquet",
+        "items.parquet",
+        "users.parquet",
+    ]
+    for rel in files:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+
+
+@pytest.mark.parametrize(
+    ("bad_row", "expected"),
+    [
+        # one field too many; a header row (its behavior_type is not a behaviour); a float timestamp;
+        # a row cut short (4 fields); an empty item_id; milliseconds read as seconds (year ~49,900)
+        (f"1,10,7,pv,{NOV25},x", r"column '6th field'.*'x' on line 2.*fix: write exactly 5 fields"),
+        (
+            "user_id,item_id,category_id,behavior_type,timestamp",
+            r"column 'behavior_type'.*'behavior_type'.*fix:.*header",
+        ),
+        ("1,10,7,pv,1511568000.5", r"column 'timestamp'.*non-integer.*'1511568000\.5'.*fix: write Unix time"),
+        ("1,10,7,pv", r"column 'timestamp'.*empty.*line 2.*fix: every row needs"),
+        ("1,,7,pv,1511568000", r"column 'item_id'.*empty.*line 2.*fix: every row needs"),
+        (f"1,10,7,pv,{NOV25 * 1000}", r"column 'timestamp'.*outside.*fix: check the unit"),
+    ],
+)
+def test_taobao_bad_rows(tmp_path: Path, bad_row: str, expected: str) -> None:
+    src = write_taobao(tmp_path / "src", [f"1,10,7,pv,{NOV25}", bad_row])
+    with pytest.raises(SourceLayoutError, match=r"UserBehavior\.csv: " + expected):
+        import_taobao(src, tmp_path / "data")
+    assert not (tmp_path / "data").exists()  # nothing written before the checks pass
+
+
+def test_taobao_unknown_behaviour_counts_rows(tmp_path: Path) -> None:
+    rows = [f"1,10,7,pv,{NOV25}", f"1,10,7,click,{NOV25}", f"1,11,7,PV,{NOV25}"]
+    # "click" and "PV" are both unknown: 2 rows, the first on line 2
+    with pytest.raises(
+        SourceLayoutError,
+        match=r"'behavior_type' has an unknown value in 2 row\(s\), e\.g\. 'click' on line 2"
+        r".*fix: use one of pv, fav, cart, buy",
+    ):
+        import_taobao(write_taobao(tmp_path / "src", rows), tmp_path / "data")
+
+
+def test_taobao_missing_file_and_bad_zone(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"UserBehavior\.csv.*fix"):
+        import_taobao(tmp_path / "src", tmp_path / "data")
+    src = write_taobao(tmp_path / "src", TAOBAO_TINY)
+    with pytest.raises(ValueError, match=r"unknown time zone 'Beijing'.*fix.*Asia/Shanghai"):
+        import_taobao(src, tmp_path / "data", tz="Beijing")
+
+
+@pytest.mark.shared_data
+def test_taobao_tmall_real(shared_data: Path, tmp_path: Path) -> None:
+    src = shared_data / "tmall_multibehavior"
+    out = import_taobao(src, tmp_path / "data", tz="Asia/Shanghai")
+    users, items, events = check_contract(tmp_path / "data")
+    raw = pl.read_csv(
+        src / "UserBehavior.csv", has_header=False, new_columns=["u", "i", "c", "b", "t"], infer_schema=False
+    )
+    # SOURCE.txt: 357,412 rows, 31,882 users, 30,985 items, no category, one row per (user, item, behaviour)
+    assert events.height == raw.height == out["events"] == 357_412
+    assert users.height == raw.get_column("u").n_unique() == 31_882
+    assert items.height == raw.get_column("i").n_unique() == 30_985
+    assert items.get_column("category").null_count() == items.height and out["items_with_category"] == 0
+    # 9 Beijing days: 2017-11-25 .. 2017-12-03, one partition each; no page views in this copy
+    assert io.event_dates(tmp_path / "data") == [date(2017, 11, 25) + timedelta(days=d) for d in range(9)]
+    assert set(out["events_by_type"]) == {"click", "cart", "purchase"}
+    counts = raw.get_column("b").value_counts()
+    assert out["events_by_type"]["click"] == counts.filter(pl.col("b") == "fav").get_column("count").item()
+    assert out["duplicate_events"] == 0
+
+
 def test_importers_registry() -> None:
-    assert IMPORTERS == {"amazon": import_amazon, "myntra": import_myntra, "obd": import_obd}
+    assert IMPORTERS == {
+        "amazon": import_amazon,
+        "myntra": import_myntra,
+        "obd": import_obd,
+        "taobao": import_taobao,
+    }
