@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("validate", "embeddings", "frames", "train-retriever", "train-ranker", "score", "publish", "report",
+STAGES = ("validate", "embeddings", "frames", "train-retriever", "train-ranker", "funnel", "publish", "report",
           "commit-run")  # fmt: skip
 
 
@@ -39,9 +39,9 @@ def _stage_rows(out: Path, dt) -> dict[str, int]:  # noqa: ANN001
     return {
         "embeddings": rows("embeddings").get("items", 0),
         "frames": sum(frames.values()),
-        "train-retriever": rows("candidates").get("part-0", 0),
+        "train-retriever": rows("two_tower").get("part-0", 0),
         "train-ranker": frames.get("ranker_train", 0) * int(ranker.get("epochs_run", 1) or 1),
-        "score": rows("scores").get("part-0", 0),
+        "funnel": rows("scores").get("part-0", 0),
         "publish": published,
     }
 

@@ -1,7 +1,7 @@
 """The nightly flow: one day's run of every stage, as Prefect tasks.
 
     validate -> embeddings & frames (in parallel; the data stages a Dask runner spreads out)
-             -> train retriever (+ index + candidates) -> train ranker -> score
+             -> train retriever (+ index + two-tower lists) -> train ranker -> funnel (candidates, scores)
              -> publish -> report -> commit runs/dt=D (the marker of a complete day)
 
 Tasks are thin: they receive paths, the run date, their own sub-config and the run info (never DataFrames),
@@ -51,8 +51,9 @@ from pipelines.config import (
 )
 from pipelines.embedding import embed_items
 from pipelines.frames import build_frames
+from pipelines.funnel import funnel_stage
 from pipelines.publish import publish
-from pipelines.ranking import score_stage, train_ranker_stage
+from pipelines.ranking import train_ranker_stage
 from pipelines.report import write_report
 from pipelines.retriever import train_retriever_stage
 from pipelines.validation import validate_data
@@ -169,6 +170,18 @@ def event_inputs(data: DataConfig, dt: date) -> list[Path]:
     files = [io.users_path(data.dir), io.items_path(data.dir)]
     for d, day_files in io.event_files(data.dir).items():
         if first <= d <= dt + timedelta(days=1):
+            files.extend(day_files)
+    return files
+
+
+def funnel_inputs(cfg: Config, dt: date) -> list[Path]:
+    """Input files the funnel stage reads for day `dt`: its lookback, the horizon it evaluates on."""
+    data = cfg.data
+    first = dt - timedelta(days=data.train_window_days + data.history_lookback_days + cfg.funnel.train_days)
+    last = dt + timedelta(days=cfg.funnel.horizon_days)
+    files = [io.users_path(data.dir), io.items_path(data.dir)]
+    for d, day_files in io.event_files(data.dir).items():
+        if first <= d <= last:
             files.extend(day_files)
     return files
 
@@ -294,12 +307,16 @@ def ddp_ranker_stage(
 
 
 @task(persist_result=True)
-def score_task(
-    out: Path, dt: date, cfg: RankerConfig, device: str, run: io.RunInfo, inputs_key: str
-) -> dict[str, Any]:
-    """Rank the candidates with the ranker -> scores/dt=D/."""
+def funnel_task(cfg: Config, dt: date, device: str, run: io.RunInfo, inputs_key: str) -> dict[str, Any]:
+    """Multi-source candidates, the ranker trained on them, the publish guard -> candidates/, scores/,
+    funnel/ of dt=D."""
     _fault_point("score")
-    return score_stage(out, dt, cfg, device, run)
+    data = cfg.data
+    return funnel_stage(
+        data.dir, data.out, dt, cfg.funnel, cfg.ranker, list(cfg.sampling.positive_events),
+        data.train_window_days + data.history_lookback_days, cfg.retriever.exclude_purchased,
+        cfg.runtime.seed, device, run,
+    )  # fmt: skip
 
 
 @task(cache_policy=NO_CACHE)
@@ -433,7 +450,7 @@ def nightly(
     upstream = [partition_fingerprint(out, ds, dt) for ds in ("frames", "embeddings")]
 
     prev_retriever = partition_fingerprint(out, "retriever", previous_date(out, "retriever", dt))
-    stages["retriever"] = cached(train_retriever_task, "train-retriever", ("retriever", "candidates"))(
+    stages["retriever"] = cached(train_retriever_task, "train-retriever", ("retriever", "two_tower"))(
         out, dt, cfg.retriever, cfg.index, seed, device, run,
         inputs_key=inputs_key(dt, run, requested_hash, *upstream, prev_retriever),
     )  # fmt: skip
@@ -442,15 +459,13 @@ def nightly(
         out, dt, cfg.ranker, seed, device, run,
         inputs_key=inputs_key(dt, run, requested_hash, *upstream, prev_ranker),
     )  # fmt: skip
-    scored_from = [partition_fingerprint(out, ds, dt) for ds in ("ranker", "candidates")]
-    stages["scores"] = cached(score_task, "score", ("scores",))(
-        out,
-        dt,
-        cfg.ranker,
-        device,
-        run,
-        inputs_key=inputs_key(dt, run, requested_hash, *upstream, *scored_from),
-    )
+    from_retriever = partition_fingerprint(out, "retriever", dt)
+    stages["funnel"] = cached(funnel_task, "funnel", ("funnel", "candidates", "scores"))(
+        cfg, dt, device, run,
+        inputs_key=inputs_key(
+            dt, run, requested_hash, *upstream, from_retriever, files_fingerprint(funnel_inputs(cfg, dt))
+        ),
+    )  # fmt: skip
 
     published = _io_task(publish_task, "publish", cfg)(out, dt, run, cfg.publish)
     validation = {"warnings": checked["warnings"], **checked["stats"]}

@@ -32,6 +32,40 @@ class DataConfig(_Frozen):
     history_lookback_days: int = Field(30, ge=1)  # events read before the window for history features
 
 
+class FunnelConfig(_Frozen):
+    """The candidate funnel: sources, their merge, the ranker trained on candidate lists, the publish guard,
+    and the evaluation horizon (docs/funnel.md)."""
+
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: {"view": 1.0, "click": 2.0, "cart": 4.0, "purchase": 4.0}
+    )  # weight of an event type in co-visitation, seeds, recency and popularity
+    k: int = Field(200, ge=1)  # merged candidates kept (and scored) per user
+    recent_k: int = Field(50, ge=0)  # the user's own recent items (re-engagement)
+    covis_k: int = Field(100, ge=0)  # item-to-item co-visitation
+    ann_k: int = Field(100, ge=0)  # FAISS neighbours of the user's recent items' two-tower embeddings
+    category_k: int = Field(50, ge=0)  # popular items of the user's top category (needs category_column)
+    popular_k: int = Field(100, ge=1)  # recent global popularity
+    seeds: int = Field(20, ge=1)  # last distinct items of a user that seed co-visitation and ANN
+    covis_days: int = Field(14, ge=1)  # events that make co-visitation pairs
+    covis_window_hours: float = Field(24.0, gt=0.0)  # two events further apart make no pair
+    covis_span: int = Field(5, ge=1)  # an event pairs with the next `covis_span` events of the user
+    covis_neighbours: int = Field(30, ge=1)  # partners kept per item
+    popular_days: int = Field(7, ge=1)
+    category_column: str | None = "auto"  # item column of the category features; auto: first present of
+    # category_l2, category, category_l1; None: no category features
+    ranker: bool = True  # train the DCN-Mix on candidate lists (False: publish the merged order)
+    train_days: int = Field(1, ge=1)  # days t <= D whose lists (as of t 00:00) label the ranker with day t
+    valid_share: float = Field(0.2, gt=0.0, lt=1.0)  # users of the training days held out for the guard
+    max_train_users: int = Field(50_000, ge=10)
+    train_negatives: int = Field(50, ge=1)  # negatives kept per training user (positives are all kept)
+    min_positives: int = Field(50, ge=1)  # fewer validation positives: publish popularity, flagged
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(2048, ge=1)
+    block_users: int = Field(20_000, ge=1)  # users per block when producing the published lists
+    horizon_days: int = Field(3, ge=1)  # days after D whose positives the evaluation counts
+    min_eval_users: int = Field(20, ge=1)  # fewer users with positives: "not enough positives (n)"
+
+
 class PublishConfig(_Frozen):
     """What the nightly run publishes."""
 
@@ -68,6 +102,7 @@ class Config(_Frozen):
     retriever: RetrieverConfig = RetrieverConfig()
     index: IndexConfig = IndexConfig()
     ranker: RankerConfig = RankerConfig()
+    funnel: FunnelConfig = FunnelConfig()
     publish: PublishConfig = PublishConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 

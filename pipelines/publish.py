@@ -43,15 +43,17 @@ CONTRACT: dict[str, dict[str, tuple[type[pl.DataType], ...]]] = {
         "item_id": (pl.String,),
         "rank": (pl.Int16, pl.Int32, pl.Int64, pl.UInt16, pl.UInt32, pl.UInt64),
         "score": (pl.Float32, pl.Float64),
+        "source": (pl.String,),
     },
     "scores": {
         "user_id": (pl.String,),
         "item_id": (pl.String,),
         "score": (pl.Float32, pl.Float64),
         "rank": (pl.Int16, pl.Int32, pl.Int64, pl.UInt16, pl.UInt32, pl.UInt64),
+        "source": (pl.String,),
     },
 }
-MODEL_DATASETS = ("retriever", "ranker")  # the model partitions a published day names
+MODEL_DATASETS = ("retriever", "ranker", "funnel")  # the model partitions a published day names
 METRICS_FILE = "metrics.json"
 
 

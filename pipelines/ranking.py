@@ -67,7 +67,7 @@ DATASET = "ranker"
 SCORES = "scores"
 FRAMES = "frames"
 EMBEDDINGS = "embeddings"
-CANDIDATES = "candidates"
+CANDIDATES = "two_tower"  # the retriever's lists (pipelines.retriever.CANDIDATES)
 MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.json"
 FUNNEL_FILE = "funnel.json"
@@ -772,20 +772,20 @@ def _score_frame(
 ) -> np.ndarray:
     """[P] float64 probabilities of the rows of `df` (features as in the training frames), in chunks.
 
-    Every forward pass has the one shape [SCORE_CHUNK, ...]: the last chunk is padded (`_padded`). The CPU
+    Every forward pass has the one shape [SCORE_CHUNK, ...]: the last chunk is padded (`padded_batch`). The CPU
     matrix kernels (oneDNN/MKL) are chosen by the matrix shape, so on an AVX-512 machine a pair scored in a
     forward of 4 rows differed in its last float32 bits from the same pair scored among 24: a user's scores
     depended on how many users shared its block. With one shape they do not.
     """
     chunks = (df.slice(i, SCORE_CHUNK) for i in range(0, df.height, SCORE_CHUNK))
     parts = [
-        predict(model, [_padded(to_batch(chunk, spec, content), SCORE_CHUNK)], device)[: chunk.height]
+        predict(model, [padded_batch(to_batch(chunk, spec, content), SCORE_CHUNK)], device)[: chunk.height]
         for chunk in chunks
     ]
     return _sigmoid(np.concatenate(parts) if parts else np.zeros(0, np.float32))
 
 
-def _padded(batch: Batch, rows: int) -> Batch:
+def padded_batch(batch: Batch, rows: int) -> Batch:
     """Each tensor of `batch` ([m, ...], m <= rows) padded to [rows, ...] by repeating its first row."""
     m = next(iter(batch.values())).shape[0]
     if m == rows:

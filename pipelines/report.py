@@ -231,9 +231,26 @@ def funnel_metrics(out: Path, dt: date, k: int = FUNNEL_K) -> dict[str, Any] | N
     return result if ("ranker" in result or "retriever" in result) else None
 
 
+FUNNEL_METHODS = ("published", "ranker", "merged", "recent", "covis", "ann", "two_tower", "popularity", "als")
+
+
 def _funnel(out: Path, dt: date) -> dict[str, Any] | None:
-    """The scores stage's own funnel figures (ranker, retriever, popularity orders) when its manifest has
-    them, else the ranker/retriever figures computed here."""
+    """The funnel stage's evaluation (every returning user over the horizon, each list and baseline) when
+    funnel/dt=D has one; else the scores stage's own figures; else the figures computed here."""
+    staged = _stage_metrics(out, "funnel", dt)
+    if staged is not None:
+        ev = staged.get("eval") or {}
+        result: dict[str, Any] = {"order": staged.get("order"), "training": staged.get("training")}
+        if ev.get("present"):
+            result.update(
+                users=ev.get("users"),
+                positives=ev.get("positives"),
+                coverage=ev.get("coverage"),
+                horizon=ev.get("horizon"),
+                k=FUNNEL_K,
+                methods={m: ev[m] for m in FUNNEL_METHODS if m in ev},
+            )
+        return result
     scores = _manifest(out, "scores", dt)
     stage = (scores or {}).get("funnel")
     if isinstance(stage, Mapping) and stage.get("users"):
@@ -287,9 +304,10 @@ def headline(report: Mapping[str, Any]) -> dict[str, float]:
             if split in ranking and ranking[split].get(key) is not None:
                 out[f"ranking.{key}"] = ranking[split][key]
     funnel = report.get("funnel") or {}
-    for name in ("ranker", "retriever", "popularity"):
-        if isinstance(funnel.get(name), Mapping) and f"ndcg@{FUNNEL_K}" in funnel[name]:
-            out[f"funnel.{name}.ndcg@{FUNNEL_K}"] = funnel[name][f"ndcg@{FUNNEL_K}"]
+    methods = funnel.get("methods") or funnel
+    for name in ("published", "ranker", "retriever", "merged", "popularity", "als"):
+        if isinstance(methods.get(name), Mapping) and f"ndcg@{FUNNEL_K}" in methods[name]:
+            out[f"funnel.{name}.ndcg@{FUNNEL_K}"] = methods[name][f"ndcg@{FUNNEL_K}"]
     return out
 
 
@@ -420,6 +438,20 @@ def plot_trends(trend: list[Mapping[str, Any]]) -> str | None:
     return _png(fig)
 
 
+def plot_funnel(methods: Mapping[str, Any]) -> str | None:
+    """Bars of Recall@50 and NDCG@10 per list (lists with "not enough positives" are left out)."""
+    rows = [(n, m) for n, m in methods.items() if isinstance(m, Mapping) and "recall@50" in m]
+    if not rows:
+        return None
+    fig, ax = _figure(6.5, 3.4)
+    x = np.arange(len(rows))
+    ax.bar(x - 0.2, [m["recall@50"] for _, m in rows], 0.4, label="Recall@50")
+    ax.bar(x + 0.2, [m.get(f"ndcg@{FUNNEL_K}", 0.0) for _, m in rows], 0.4, label=f"NDCG@{FUNNEL_K}")
+    ax.set_xticks(x, [n for n, _ in rows], rotation=30, ha="right")
+    ax.legend()
+    return _png(fig)
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4f}"
@@ -509,9 +541,25 @@ def render_html(report: Mapping[str, Any]) -> str:
     else:
         parts.append(_na("cross-matrix singular values"))
 
-    parts.append(f"<h2>Full funnel (NDCG@{FUNNEL_K} on the positives of the next day)</h2>")
     funnel = report.get("funnel")
-    if funnel:
+    if funnel and "order" in funnel:
+        parts.append("<h2>Full funnel (every returning user over the horizon)</h2>")
+        parts.append(f"<p>Published order: <b>{html.escape(str(funnel.get('order')))}</b>.</p>")
+        methods = funnel.get("methods") or {}
+        if methods:
+            parts.append(
+                f"<p>{funnel.get('users')} users with a positive in {html.escape(str(funnel.get('horizon')))} "
+                f"and history; coverage {funnel.get('coverage')}.</p>"
+            )
+            rows = {n: (m if isinstance(m, Mapping) else {"status": m}) for n, m in methods.items()}
+            parts.append(_table(rows, "list"))
+            png = plot_funnel(methods)
+            if png:
+                parts.append(_img(png, "funnel recall and ndcg per list"))
+        else:
+            parts.append(_na("funnel evaluation (needs events after the run date)"))
+    elif funnel:
+        parts.append(f"<h2>Full funnel (NDCG@{FUNNEL_K} on the positives of the next day)</h2>")
         rows = {
             n: funnel[n] for n in ("ranker", "retriever", "popularity") if isinstance(funnel.get(n), Mapping)
         }

@@ -75,7 +75,7 @@ from retrieval.metrics import metrics_at_k, recall_at_k
 log = logging.getLogger(__name__)
 
 DATASET = "retriever"
-CANDIDATES = "candidates"
+CANDIDATES = "two_tower"  # the user-tower lists; the published candidates/ come from pipelines.funnel
 MODEL_FILE = "model.pt"
 ITEM_EMB_FILE = "item_emb.npy"
 METRICS_FILE = "metrics.json"

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Collection, Sequence
 
 import numpy as np
+import polars as pl
 
 log = logging.getLogger(__name__)
 
@@ -219,3 +220,50 @@ def popularity_ranking(item_counts: np.ndarray, k: int, ids: np.ndarray | None =
     if ids.shape != counts.shape:
         raise ValueError(f"ids must match item_counts' shape {counts.shape}, got {ids.shape}")
     return ids[order]
+
+
+def list_metrics(
+    ranked: pl.DataFrame, relevant: pl.DataFrame, users: pl.DataFrame, ks: Sequence[int]
+) -> dict[str, float]:
+    """Recall@k and NDCG@k (binary gains) of long ranked lists, averaged over `users`, who all count.
+
+    Args:
+        ranked: [P rows] u, i, rank (1 = best), any users; rows past max(ks) are ignored.
+        relevant: [Q rows] u, i distinct relevant pairs.
+        users: [U rows] u: the users averaged over; a user without a ranked row scores 0.
+
+    Returns:
+        {"recall@k": ..., "ndcg@k": ...} for each k; recall divides by the user's number of relevant items
+        (at least 1 is assumed: pass users that have relevant items).
+
+    >>> r = pl.DataFrame({"u": [0, 0], "i": [7, 8], "rank": [1, 2]})
+    >>> rel = pl.DataFrame({"u": [0, 1], "i": [8, 9]})
+    >>> list_metrics(r, rel, pl.DataFrame({"u": [0, 1]}), [2])["recall@2"]  # user 0 finds 1 of 1, user 1 none
+    0.5
+    """
+    n_users = users.height
+    if n_users == 0:
+        raise ValueError("list_metrics: no user to evaluate; check the evaluation window")
+    k_max = max(ks)
+    n_rel = relevant.join(users, on="u", how="semi").group_by("u").agg(pl.len().alias("n_rel"))
+    hits = (
+        ranked.filter(pl.col("rank") <= k_max)
+        .join(users, on="u", how="semi")
+        .join(relevant, on=["u", "i"], how="semi")
+        .join(n_rel, on="u", how="left")
+    )
+    out: dict[str, float] = {}
+    for k in ks:
+        top = hits.filter(pl.col("rank") <= k)
+        recall = top.group_by("u").agg((pl.len() / pl.col("n_rel").first()).alias("r"))["r"].sum()
+        ideal = n_rel.with_columns(pl.col("n_rel").clip(upper_bound=k).alias("m"))
+        idcg = {m: float(np.sum(1.0 / np.log2(np.arange(2, m + 2)))) for m in range(1, k + 1)}
+        per_user = top.group_by("u").agg(
+            (1.0 / (pl.col("rank").cast(pl.Float64) + 1.0).log(2)).sum().alias("d")
+        )
+        per_user = per_user.join(ideal, on="u").with_columns(
+            pl.col("m").replace_strict(idcg, return_dtype=pl.Float64).alias("idcg")
+        )
+        out[f"recall@{k}"] = round(float(recall or 0.0) / n_users, 6)
+        out[f"ndcg@{k}"] = round(float((per_user["d"] / per_user["idcg"]).sum()) / n_users, 6)
+    return out

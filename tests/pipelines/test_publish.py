@@ -26,7 +26,8 @@ def _run(tag: str = "r1", hash_: str = "cafe") -> io.RunInfo:
 def _table(users: list[str], items: list[str], scores: list[float]) -> pl.DataFrame:
     df = pl.DataFrame({"user_id": users, "item_id": items, "score": scores})
     return df.with_columns(
-        pl.col("score").rank("ordinal", descending=True).over("user_id").cast(pl.Int32).alias("rank")
+        pl.col("score").rank("ordinal", descending=True).over("user_id").cast(pl.Int32).alias("rank"),
+        pl.lit("covis").alias("source"),
     )
 
 

@@ -138,10 +138,10 @@ def _hand_candidates(world: dict, day: date) -> pl.DataFrame:
 def test_score_ranks_every_candidate(world: dict, trained: dict) -> None:
     out, (_, d2), run = world["out"], world["days"], world["run"]
     cands = _hand_candidates(world, d2)
-    with io.staged_partition(out, "candidates", d2, run) as stage:
+    with io.staged_partition(out, "two_tower", d2, run) as stage:
         stage.write_table(cands)
     summary = score_stage(out, d2, CFG, "cpu", run)
-    assert summary["source"] == "candidates" and summary["rows"] == cands.height
+    assert summary["source"] == "two_tower" and summary["rows"] == cands.height
     scores = io.read_table(out, "scores", d2)
     assert scores.columns == ["user_id", "item_id", "score", "rank"]
     # one row per candidate, the same pairs
@@ -184,7 +184,7 @@ def test_score_blocks_of_one_user_equal_one_block(world: dict, trained: dict) ->
         {"user_id": ["zz-nobody"], "item_id": [cands["item_id"][0]], "rank": [1], "score": [0.5]}
     )
     shuffled = pl.concat([cands.sort("user_id", "rank", descending=[True, False]), unknown])
-    with io.staged_partition(out, "candidates", d2, run) as stage:
+    with io.staged_partition(out, "two_tower", d2, run) as stage:
         stage.write_table(shuffled)
     results = {}
     for block in (1, 4, 1_000_000):  # 6 users: one user per block, a partial last block, one block

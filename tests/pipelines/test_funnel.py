@@ -1,0 +1,74 @@
+"""The funnel stage end to end on a small generated data set (no Prefect): coverage, sources, the guard."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from pipelines import io
+from pipelines.config import FunnelConfig, load_config
+from pipelines.funnel import CANDIDATES, DATASET, SCORES, funnel_stage, not_enough
+from pipelines.synthetic import PRESETS, generate
+from retrieval.sources import SOURCES
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, date]:
+    from dataclasses import replace
+
+    root = tmp_path_factory.mktemp("funnel-data")
+    generate(root, replace(PRESETS["small"], users=400, items=300, days=12))
+    days = io.event_dates(root)
+    return root, days[-4]
+
+
+def _run(data: Path, out: Path, dt: date, **funnel) -> dict:
+    cfg = load_config()
+    f = FunnelConfig(**{"epochs": 2, **funnel})
+    run = io.RunInfo.new({}, "test", run_id="t")
+    return funnel_stage(data, out, dt, f, cfg.ranker, ["click", "cart", "purchase"], 30, True, 0, "cpu", run)
+
+
+def test_every_user_with_history_gets_candidates_with_sources(data, tmp_path: Path) -> None:
+    root, dt = data
+    summary = _run(root, tmp_path, dt)
+    lookback = io.scan_events(root, dt - timedelta(days=29), dt).select("user_id").unique().collect()
+    cands = io.read_table(tmp_path, CANDIDATES, dt)
+    scores = io.read_table(tmp_path, SCORES, dt)
+    personal = cands.filter(pl.col("source") != "popular")["user_id"].unique()
+    assert set(personal) <= set(lookback["user_id"])
+    everyone = set(io.read_users(root)["user_id"].cast(pl.String))
+    # every user with history has a list, and so has every other user of users.parquet (popularity)
+    assert set(cands["user_id"].unique()) == everyone == set(scores["user_id"].unique())
+    assert set(lookback["user_id"]) <= everyone
+    assert cands["source"].null_count() == 0 and set(cands["source"].unique()) <= set(SOURCES)
+    # no purchased item of the lookback is proposed
+    bought = io.scan_events(root, dt - timedelta(days=29), dt).filter(pl.col("event") == "purchase")
+    assert cands.join(bought.select("user_id", "item_id").collect(), on=["user_id", "item_id"]).height == 0
+    ev = summary["metrics"]["eval"]
+    assert ev["present"] and ev["coverage"] == 1.0
+    manifest = io.read_manifest(tmp_path, SCORES, dt)
+    assert manifest["order"] in ("ranker", "merged", "popularity")
+    assert io.is_committed(tmp_path, DATASET, dt)
+
+
+def test_too_little_data_publishes_popularity_flagged(data, tmp_path: Path) -> None:
+    root, dt = data
+    summary = _run(root, tmp_path, dt, min_positives=10**6)
+    assert summary["order"] == "popularity"
+    manifest = io.read_manifest(tmp_path, SCORES, dt)
+    assert manifest["order"] == "popularity" and manifest["reason"].startswith("not enough positives (")
+    scores = io.read_table(tmp_path, SCORES, dt)
+    assert set(scores["source"].unique()) == {"popular"}
+
+
+def test_too_few_evaluation_users_say_so_instead_of_zero(data, tmp_path: Path) -> None:
+    root, dt = data
+    summary = _run(root, tmp_path, dt, min_eval_users=10**6, ranker=False)
+    ev = summary["metrics"]["eval"]
+    assert ev["popularity"] == not_enough(ev["users"]) and ev["published"] == not_enough(ev["users"])
