@@ -43,6 +43,7 @@ class FunnelConfig(_Frozen):
     recent_k: int = Field(50, ge=0)  # the user's own recent items (re-engagement)
     covis_k: int = Field(100, ge=0)  # item-to-item co-visitation
     ann_k: int = Field(100, ge=0)  # FAISS neighbours of the user's recent items' two-tower embeddings
+    als_k: int = Field(100, ge=0)  # implicit ALS on the lookback's event weights (needs `implicit`)
     category_k: int = Field(50, ge=0)  # popular items of the user's top category (needs category_column)
     popular_k: int = Field(100, ge=1)  # recent global popularity
     seeds: int = Field(20, ge=1)  # last distinct items of a user that seed co-visitation and ANN
@@ -53,11 +54,12 @@ class FunnelConfig(_Frozen):
     popular_days: int = Field(7, ge=1)
     category_column: str | None = "auto"  # item column of the category features; auto: first present of
     # category_l2, category, category_l1; None: no category features
+    fusion_users: int = Field(5_000, ge=1)  # users of day D the source weights of the merge are measured on
     ranker: bool = True  # train the DCN-Mix on candidate lists (False: publish the merged order)
     train_days: int = Field(1, ge=1)  # days t <= D whose lists (as of t 00:00) label the ranker with day t
     valid_share: float = Field(0.2, gt=0.0, lt=1.0)  # users of the training days held out for the guard
     max_train_users: int = Field(50_000, ge=10)
-    train_negatives: int = Field(50, ge=1)  # negatives kept per training user (positives are all kept)
+    train_negatives: int = Field(20, ge=1)  # negatives kept per training user (positives are all kept)
     min_positives: int = Field(50, ge=1)  # fewer validation positives: publish popularity, flagged
     epochs: int = Field(4, ge=1)
     batch_size: int = Field(2048, ge=1)

@@ -49,7 +49,7 @@ from pipelines import io
 from pipelines.config import FunnelConfig
 from pipelines.ranking import padded_batch, predict, resolve_device
 from retrieval import sources as src
-from retrieval.baselines import als_available, als_topk
+from retrieval.baselines import als_available, als_recommend, fit_als
 from retrieval.metrics import list_metrics
 
 log = logging.getLogger(__name__)
@@ -156,12 +156,14 @@ class Sources:
     covis: pl.DataFrame
     pop: pl.DataFrame
     categories: pl.DataFrame  # retrieval.sources.category_table
+    als: Any  # implicit ALS fitted on the events, or None (not installed, or funnel.als_k = 0)
+    exclude_csr: sp.csr_matrix  # [users, items] the purchases, as the ALS source filters them
     exclude: pl.DataFrame  # u, i purchased before as_of (empty without exclusion)
     items: pl.DataFrame  # features.funnel.item_table
 
 
 def sources_as_of(
-    inp: Inputs, as_of: datetime, lookback_days: int, cfg: FunnelConfig, exclude: bool
+    inp: Inputs, as_of: datetime, lookback_days: int, cfg: FunnelConfig, exclude: bool, seed: int = 0
 ) -> Sources:
     ev = inp.events.filter(
         pl.col("ts").is_between(as_of - timedelta(days=lookback_days), as_of, closed="left")
@@ -180,11 +182,28 @@ def sources_as_of(
     )
     since = as_of - timedelta(days=cfg.popular_days)
     cats = src.category_table(ev, since, cfg.category_k)
-    return Sources(as_of, ev, covis, pop, cats, bought, item_table(ev, as_of))
+    shape = (inp.users.height, inp.items.height)
+    excl = _csr(bought["u"], bought["i"], np.ones(bought.height, np.float32), shape)
+    als = None
+    if cfg.als_k and als_available() and ev.height:
+        conf = ev.group_by("u", "i").agg(pl.col("w").sum())
+        als = fit_als(_csr(conf["u"], conf["i"], conf["w"].to_numpy(), shape), seed)
+    return Sources(as_of, ev, covis, pop, cats, als, excl, bought, item_table(ev, as_of))
+
+
+def _csr(rows: pl.Series, cols: pl.Series, values: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+    r, c = rows.to_numpy().astype(np.int64), cols.to_numpy().astype(np.int64)
+    m = sp.csr_matrix((values.astype(np.float32), (r, c)), shape=shape)
+    m.sum_duplicates()
+    return m
 
 
 def user_lists(
-    s: Sources, users: pl.Series, cfg: FunnelConfig, emb: np.ndarray | None
+    s: Sources,
+    users: pl.Series,
+    cfg: FunnelConfig,
+    emb: np.ndarray | None,
+    weights: dict[str, float] | None = None,
 ) -> tuple[dict, pl.DataFrame]:
     """(raw lists per source, merged list) as of s.as_of for `users` ([U] UInt32)."""
     ev = s.events.filter(pl.col("u").is_in(users.implode()))
@@ -196,9 +215,33 @@ def user_lists(
         lists["covis"] = src.covis_candidates(seed, s.covis, cfg.covis_k)
     if cfg.ann_k and emb is not None:
         lists["ann"] = src.ann_candidates(seed, emb, cfg.ann_k)
+    if s.als is not None:
+        lists["als"] = src.als_candidates(s.als, users, s.exclude_csr, cfg.als_k, s.exclude_csr.shape[1])
     if cfg.category_k and s.categories.height:
         lists["category"] = src.category_popular(ev, users, s.categories, cfg.category_k)
-    return lists, src.merge(lists, s.pop, users, s.exclude, cfg.k)
+    return lists, src.merge(lists, s.pop, users, s.exclude, cfg.k, weights)
+
+
+def fusion_weights(
+    s: Sources, positives: pl.DataFrame, cfg: FunnelConfig, emb: np.ndarray | None, seed: int
+) -> tuple[dict[str, float], int]:
+    """Source weights of the merge (`retrieval.sources.fusion_weights`) measured on the lists as of s.as_of
+    of a seeded sample of `funnel.fusion_users` users with a positive in `positives` (u, i) and history.
+    Returns (weights, users measured on); every weight is 1 without such users."""
+    users = positives.join(s.events.select("u").unique(), on="u", how="semi")["u"].unique().sort()
+    if users.len() > cfg.fusion_users:
+        rng = np.random.default_rng([seed, 7])
+        users = pl.Series("u", np.sort(rng.choice(users.to_numpy(), cfg.fusion_users, replace=False)))
+    if users.len() == 0:
+        return {name: 1.0 for name in src.SOURCES}, 0
+    lists, _ = user_lists(s, users, cfg, emb)
+    lists = {n: df.join(s.exclude, on=["u", "i"], how="anti") for n, df in lists.items()}
+    lists["popular"] = _popular_for(s, users, cfg.popular_k)
+    lists = {n: _rerank(df.with_columns(pl.col("rank").alias("_r")), "_r", False) for n, df in lists.items()}
+    found = src.fusion_weights(
+        lists, positives.join(pl.DataFrame({"u": users}), on="u", how="semi"), RECALL_K
+    )
+    return {name: found.get(name, 1.0) for name in src.SOURCES}, users.len()
 
 
 def _popular_for(s: Sources, users: pl.Series, k: int) -> pl.DataFrame:
@@ -276,30 +319,36 @@ def _training_lists(
     dt: date,
     exclude: bool,
     seed: int,
-) -> tuple[pl.DataFrame, pl.DataFrame]:
+    weights: dict[str, float],
+    s_last: Sources,
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Featurised lists as of t 00:00 of the users with a positive on day t (t = the last train_days days up
     to D) and an event before t, labelled by those positives: (train, valid) frames of u, i, rank, sources,
-    FEATURES, label, day.
+    FEATURES, label, day; the positives (u, i, day) and the held-out queries' popularity lists (u, i, rank,
+    day) for the guard.
 
     A seeded `funnel.valid_share` of the (user, day) queries is held out whole (valid); the others keep
     every positive and a seeded sample of `funnel.train_negatives` negatives. Lists are made a block of
     `funnel.block_users` users at a time, so memory follows the block and the sampled rows.
     """
     rng = np.random.default_rng(seed)
-    train_parts, valid_parts = [], []
+    train_parts, valid_parts, rel_parts, pop_parts = [], [], [], []
     for back in range(cfg.train_days - 1, -1, -1):
         day = dt - timedelta(days=back)
         t0 = _midnight(day)
-        s = sources_as_of(inp, t0, lookback, cfg, exclude)
+        s = s_last if back == 0 else sources_as_of(inp, t0, lookback, cfg, exclude, seed)
         pos = _positives(inp, t0, t0 + timedelta(days=1), positive_events)
+        rel_parts.append(pos.with_columns(pl.lit(day).alias("day")))
         users = pos.join(s.events.select("u").unique(), on="u", how="semi")["u"].unique().sort()
         if users.len() > cfg.max_train_users:
             users = pl.Series("u", np.sort(rng.choice(users.to_numpy(), cfg.max_train_users, replace=False)))
         held = pl.DataFrame({"u": users, "_valid": rng.random(users.len()) < cfg.valid_share})
+        pop = _popular_for(s, held.filter("_valid")["u"], cfg.k).select("u", "i", "rank")
+        pop_parts.append(pop.with_columns(pl.lit(day).alias("day")))
         labels = pos.with_columns(pl.lit(1, pl.Float32).alias("label"))
         for lo in range(0, users.len(), cfg.block_users):
             block = users.slice(lo, cfg.block_users)
-            _, merged = user_lists(s, block, cfg, inp.emb)
+            _, merged = user_lists(s, block, cfg, inp.emb, weights)
             merged = merged.join(labels, on=["u", "i"], how="left").with_columns(
                 pl.col("label").fill_null(0.0)
             )
@@ -313,8 +362,8 @@ def _training_lists(
             valid_parts.append(rows.filter(pl.col("_valid")).drop("_valid", "_r"))
             train_parts.append(rows.filter(~pl.col("_valid")).drop("_valid", "_r"))
     if not train_parts:
-        return pl.DataFrame(), pl.DataFrame()
-    return pl.concat(train_parts), pl.concat(valid_parts)
+        return pl.DataFrame(), pl.DataFrame(), pl.DataFrame(), pl.DataFrame()
+    return pl.concat(train_parts), pl.concat(valid_parts), pl.concat(rel_parts), pl.concat(pop_parts)
 
 
 def train_on_lists(
@@ -438,32 +487,24 @@ def funnel_stage(
     end_d = _midnight(dt + timedelta(days=1))
 
     # ranker on the lists of the training days, and the guard
+    # fusion weights of the sources, measured on day D's positives with the lists as of D 00:00
+    t_d = _midnight(dt)
+    s_d = sources_as_of(inp, t_d, lookback_days, cfg, exclude_purchased, seed)
+    pos_d = _positives(inp, t_d, t_d + timedelta(days=1), positive_events)
+    weights, fusion_users = fusion_weights(s_d, pos_d, cfg, inp.emb, seed)
+    log.info("funnel %s: fusion weights %s (%d users of %s)", dt, weights, fusion_users, dt)
     trained = Trained(None, None, None, "merged", {"reason": "funnel.ranker=false"})
     if cfg.ranker:
-        train_rows, valid_rows = _training_lists(
-            inp, lookback_days, cfg, positive_events, dt, exclude_purchased, seed
+        train_rows, valid_rows, relevant, pop_lists = _training_lists(
+            inp, lookback_days, cfg, positive_events, dt, exclude_purchased, seed, weights, s_d
         )
-        rel_parts, pop_parts = [], []
-        for back in range(cfg.train_days):
-            day = dt - timedelta(days=back)
-            t0 = _midnight(day)
-            s = sources_as_of(inp, t0, lookback_days, cfg, exclude_purchased)
-            rel = _positives(inp, t0, t0 + timedelta(days=1), positive_events).with_columns(
-                pl.lit(day).alias("day")
-            )
-            rel_parts.append(rel)
-            users = rel["u"].unique().sort()
-            pop_parts.append(
-                _popular_for(s, users, cfg.k).select("u", "i", "rank").with_columns(pl.lit(day).alias("day"))
-            )
-        trained = train_on_lists(
-            train_rows, valid_rows, pl.concat(rel_parts), pl.concat(pop_parts), cfg, ranker_cfg, seed, dev
-        )
+        trained = train_on_lists(train_rows, valid_rows, relevant, pop_lists, cfg, ranker_cfg, seed, dev)
         del train_rows, valid_rows
+    del s_d
     log.info("funnel %s: publishing the %s order (%s)", dt, trained.order, trained.figures.get("validation"))
 
     # published lists as of D+1 00:00
-    s = sources_as_of(inp, end_d, lookback_days, cfg, exclude_purchased)
+    s = sources_as_of(inp, end_d, lookback_days, cfg, exclude_purchased, seed)
     active = s.events["u"].unique().sort()
     eval_rel = (
         _positives(inp, end_d, _midnight(horizon[-1] + timedelta(days=1)), positive_events)
@@ -495,7 +536,7 @@ def funnel_stage(
         with cand_stage.table_writer() as cw, score_stage.table_writer() as sw:
             for lo in range(0, active.len(), cfg.block_users):
                 users = active.slice(lo, cfg.block_users)
-                raw, merged = user_lists(s, users, cfg, inp.emb)
+                raw, merged = user_lists(s, users, cfg, inp.emb, weights)
                 pop = _popular_for(s, users, cfg.k)
                 merged = merged.with_columns(src.primary_source(pl.col("sources")).alias("source"))
                 if trained.order == "ranker":
@@ -560,6 +601,7 @@ def funnel_stage(
                 "k": cfg.k,
                 "users": active.len(),
                 "cold_users": cold.height,
+                "fusion_weights": weights,
                 "as_of": end_d.isoformat(),
             }
         )
@@ -578,6 +620,7 @@ def funnel_stage(
         metrics = {
             "dt": dt.isoformat(),
             "order": trained.order,
+            "fusion": {"weights": weights, "users": fusion_users},
             "training": trained.figures,
             "users": {"with_history": active.len(), "catalogue": inp.items.height},
             "eval": evaluation,
@@ -624,7 +667,9 @@ def evaluate(
         lists["two_tower"] = _rerank(
             tt.select("u", "i", "rank").join(s.exclude, on=["u", "i"], how="anti"), "rank", False
         )
-    if als_available() and n:
+    if "als" in lists:
+        pass  # the ALS source alone: fitted on the same events, same users and exclusions
+    elif als_available() and n:
         lists["als"] = _als_lists(inp, s, users, seed)
     else:
         out_["als"] = {"status": "not installed (pip install implicit to add the ALS baseline)"}
@@ -647,24 +692,13 @@ def evaluate(
 
 
 def _als_lists(inp: Inputs, s: Sources, users: pl.Series, seed: int) -> pl.DataFrame:
-    n_u, n_i = inp.users.height, inp.items.height
+    """The ALS baseline when the ALS source is off (funnel.als_k = 0): fitted on the same events."""
+    n_i = inp.items.height
     conf_df = s.events.group_by("u", "i").agg(pl.col("w").sum())
-    conf = sp.csr_matrix(
-        (
-            conf_df["w"].to_numpy(),
-            (conf_df["u"].to_numpy().astype(np.int64), conf_df["i"].to_numpy().astype(np.int64)),
-        ),
-        shape=(n_u, n_i),
-    )
-    excl = sp.csr_matrix(
-        (
-            np.ones(s.exclude.height, np.float32),
-            (s.exclude["u"].to_numpy().astype(np.int64), s.exclude["i"].to_numpy().astype(np.int64)),
-        ),
-        shape=(n_u, n_i),
-    )
+    conf = _csr(conf_df["u"], conf_df["i"], conf_df["w"].to_numpy(), s.exclude_csr.shape)
+    excl = s.exclude_csr
     rows = users.to_numpy().astype(np.int64)
-    top = als_topk(conf, rows, RECALL_K, excl, seed)  # (Q, 50)
+    top = als_recommend(fit_als(conf, seed), rows, RECALL_K, excl, n_i)[0]  # (Q, 50)
     df = pl.DataFrame({"u": np.repeat(rows, top.shape[1]).astype(np.uint32), "i": top.ravel().astype(np.int32),
                        "rank": np.tile(np.arange(1, top.shape[1] + 1, dtype=np.int32), len(rows))})  # fmt: skip
     return df.filter(pl.col("i") >= 0)

@@ -7,6 +7,7 @@ Popularity lives with the candidate sources (`retrieval.sources.popular`); ALS n
 from __future__ import annotations
 
 import importlib.util
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -22,21 +23,9 @@ def als_available() -> bool:
     return importlib.util.find_spec("implicit") is not None
 
 
-def als_topk(
-    confidence: sp.csr_matrix, rows: np.ndarray, k: int, exclude: sp.csr_matrix | None, seed: int
-) -> np.ndarray:
-    """Implicit ALS (Hu, Koren, Volinsky 2008) fitted on `confidence`; the top k items of each of `rows`.
-
-    Args:
-        confidence: [U, N] float32 CSR, summed event weights per (user, item).
-        rows: [Q] int64 user rows to rank for.
-        k: items per user.
-        exclude: [U, N] CSR of items never returned per user (purchases), or None.
-        seed: initialisation seed.
-
-    Returns:
-        [Q, k] int64 item positions, best first, -1 where fewer exist.
-    """
+def fit_als(confidence: sp.csr_matrix, seed: int) -> Any:
+    """Implicit ALS (Hu, Koren, Volinsky 2008) fitted on `confidence` ([U, N] float32 CSR of summed event
+    weights per (user, item)); returns the `implicit` model."""
     from implicit.als import AlternatingLeastSquares
 
     # implicit runs its own threads; a multi-threaded BLAS underneath oversubscribes the cores (it warns)
@@ -48,12 +37,30 @@ def als_topk(
             random_state=seed,
         )
         model.fit(confidence, show_progress=False)
-    n_items = confidence.shape[1]
+    return model
+
+
+def als_recommend(
+    model: Any, rows: np.ndarray, k: int, exclude: sp.csr_matrix | None, n_items: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top k items of each of `rows` ([Q] int64 user rows) by a fitted ALS model, minus `exclude`
+    ([U, N] CSR, or None). Returns ([Q, k] int64 item positions, -1 where fewer exist; [Q, k] float32 scores)."""
     filt = exclude[rows] if exclude is not None else sp.csr_matrix((len(rows), n_items), dtype=np.float32)
-    ids, _ = model.recommend(
-        rows, filt, N=min(k, n_items), filter_already_liked_items=True, recalculate_user=False
-    )
+    with threadpool_limits(1, "blas"):
+        ids, scores = model.recommend(
+            rows, filt, N=min(k, n_items), filter_already_liked_items=True, recalculate_user=False
+        )
     ids = np.asarray(ids, dtype=np.int64).reshape(len(rows), -1)
+    scores = np.asarray(scores, dtype=np.float32).reshape(len(rows), -1)
     if ids.shape[1] < k:
         ids = np.pad(ids, ((0, 0), (0, k - ids.shape[1])), constant_values=-1)
-    return ids
+        scores = np.pad(scores, ((0, 0), (0, k - scores.shape[1])), constant_values=-np.inf)
+    return ids, scores
+
+
+def als_topk(
+    confidence: sp.csr_matrix, rows: np.ndarray, k: int, exclude: sp.csr_matrix | None, seed: int
+) -> np.ndarray:
+    """`fit_als` then `als_recommend`: [Q, k] int64 item positions of `rows`, best first, -1 where fewer exist."""
+    model = fit_als(confidence, seed)
+    return als_recommend(model, rows, k, exclude, confidence.shape[1])[0]

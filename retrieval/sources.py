@@ -15,6 +15,8 @@ and returns long lists `u, i, score, rank` (rank 1 = best) for the users asked f
   sum_seed seed_weight * covis(seed, b);
 * `ann_candidates`: nearest items by inner product (FAISS) to the seed-weighted mean of the seed items'
   two-tower item embeddings;
+* `als_candidates`: the top items of an implicit ALS model (Hu, Koren, Volinsky 2008) fitted on the
+  summed event weights before T (`retrieval.baselines.fit_als`);
 * `category_popular`: the most popular items of the category the user engaged with most (needs an item
   category; `cat` in the events);
 * `popular`: the items with the most weighted events in the last days (one list, the same for everyone).
@@ -26,19 +28,15 @@ rrf(u, i) = sum_s 1 / (RRF_K + rank_s(u, i)). Purchased items are removed before
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 
-SOURCES: tuple[str, ...] = (
-    "recent",
-    "covis",
-    "ann",
-    "category",
-    "popular",
-)  # bit s of `sources` = SOURCES[s]
+SOURCES: tuple[str, ...] = ("recent", "covis", "ann", "als", "category", "popular")  # bit s of `sources`
 RRF_K = 60  # the constant of reciprocal rank fusion from the paper
 _U, _I = pl.UInt32, pl.Int32
 
@@ -183,6 +181,23 @@ def ann_candidates(seed: pl.DataFrame, item_emb: np.ndarray, k: int) -> pl.DataF
     return _ranked(df, k)
 
 
+def als_candidates(
+    model: Any, users: pl.Series, exclude: sp.csr_matrix | None, k: int, n_items: int
+) -> pl.DataFrame:
+    """Top k items of each of `users` ([U] UInt32, rows of the model's user factors) by a fitted ALS model,
+    minus `exclude` ([all users, N] CSR or None)."""
+    from retrieval.baselines import als_recommend
+
+    if users.len() == 0:
+        return _empty()
+    rows = users.to_numpy().astype(np.int64)
+    ids, scores = als_recommend(model, rows, k, exclude, n_items)  # (U, k) each
+    df = pl.DataFrame({"u": np.repeat(rows, ids.shape[1]), "i": ids.ravel(), "score": scores.ravel()}).filter(
+        pl.col("i") >= 0
+    )
+    return _ranked(df.with_columns(pl.col("i").cast(_I)), k)
+
+
 def popular(events: pl.DataFrame, since: datetime, k: int) -> pl.DataFrame:
     """The k items with the largest sum of event weights at or after `since`: i, score, rank (one list)."""
     top = (
@@ -245,6 +260,7 @@ def merge(
     users: pl.Series,
     exclude: pl.DataFrame,
     k: int,
+    weights: Mapping[str, float] | None = None,
 ) -> pl.DataFrame:
     """Union of the sources' lists for `users`, minus `exclude`, ordered by reciprocal rank fusion.
 
@@ -254,6 +270,8 @@ def merge(
         users: [U] UInt32 user codes to produce lists for (each gets at least the popular items).
         exclude: u, i pairs never proposed (the user's purchases).
         k: rows kept per user.
+        weights: source -> weight w_s of its term in rrf = sum_s w_s / (RRF_K + rank_s) (default 1 each;
+            `fusion_weights` measures them).
 
     Returns:
         u, i, rrf (Float32), rank (1..k by rrf, ties by item), sources (UInt8 bitmask over SOURCES), and
@@ -278,17 +296,48 @@ def merge(
         exclude.select(pl.col("u").cast(_U), pl.col("i").cast(_I)), on=["u", "i"], how="anti"
     )
     bit = pl.col("src").replace_strict({s: 1 << n for n, s in enumerate(SOURCES)}, return_dtype=pl.UInt8)
-    wide = long.group_by("u", "i").agg(
-        (1.0 / (RRF_K + pl.col("rank"))).sum().cast(pl.Float32).alias("rrf"),
-        bit.sum().cast(pl.UInt8).alias("sources"),
-        *[pl.col("score").filter(pl.col("src") == s).first().alias(f"score_{s}") for s in SOURCES],
-        *[pl.col("rank").filter(pl.col("src") == s).first().alias(f"rank_{s}") for s in SOURCES],
+    w = {s: float((weights or {}).get(s, 1.0)) for s in SOURCES}
+    weight = pl.col("src").replace_strict(w, return_dtype=pl.Float64)
+    wide = (
+        long.sort("u", "i", "src")
+        .group_by("u", "i", maintain_order=True)
+        .agg(
+            (weight / (RRF_K + pl.col("rank"))).sum().cast(pl.Float32).alias("rrf"),
+            bit.sum().cast(pl.UInt8).alias("sources"),
+            *[pl.col("score").filter(pl.col("src") == s).first().alias(f"score_{s}") for s in SOURCES],
+            *[pl.col("rank").filter(pl.col("src") == s).first().alias(f"rank_{s}") for s in SOURCES],
+        )
     )
     wide = wide.sort(["u", "rrf", "i"], descending=[False, True, False])
     wide = wide.with_columns((pl.int_range(pl.len(), dtype=pl.Int32).over("u") + 1).alias("rank"))
     return wide.filter(pl.col("rank") <= k).select(
         "u", "i", "rrf", "rank", "sources", *[f"score_{s}" for s in SOURCES], *[f"rank_{s}" for s in SOURCES]
     )
+
+
+def fusion_weights(
+    lists: Mapping[str, pl.DataFrame], relevant: pl.DataFrame, k: int, floor: float = 0.05
+) -> dict[str, float]:
+    """Weights of the sources in `merge`: each source's hit rate in its top k on known positives, divided
+    by the best source's (so the best weighs 1), at least `floor`.
+
+    lists: source -> u, i, rank of the same users (popularity included); relevant: u, i positives of those
+    users. A source with no list gets `floor`.
+
+    >>> ls = {"a": pl.DataFrame({"u": [0, 1], "i": [5, 6], "rank": [1, 1]}),
+    ...       "b": pl.DataFrame({"u": [0, 1], "i": [5, 9], "rank": [1, 1]})}
+    >>> fusion_weights(ls, pl.DataFrame({"u": [0, 1], "i": [5, 6]}), 1)  # a finds 2, b 1
+    {'a': 1.0, 'b': 0.5}
+    """
+    hits = {}
+    for name, df in lists.items():
+        top = df.filter(pl.col("rank") <= k).select(pl.col("u").cast(_U), pl.col("i").cast(_I))
+        rel = relevant.select(pl.col("u").cast(_U), pl.col("i").cast(_I))
+        hits[name] = top.join(rel, on=["u", "i"], how="semi").height
+    best = max(hits.values(), default=0)
+    if best == 0:
+        return {name: 1.0 for name in lists}
+    return {name: round(max(h / best, floor), 4) for name, h in hits.items()}
 
 
 def primary_source(sources: pl.Expr, names: Sequence[str] = SOURCES) -> pl.Expr:

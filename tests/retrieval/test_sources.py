@@ -68,9 +68,9 @@ def test_merge_unions_excludes_and_keeps_each_source() -> None:
     # item 5: 1/61 + 1/61 (recent, covis); item 6: 1/62 + 1/61 (covis, popular); item 7: 1/62
     assert u0["i"].to_list() == [5, 6, 7]
     assert u0["sources"].to_list() == [
-        0b00011,
-        0b10010,
-        0b10000,
+        0b000011,
+        0b100010,
+        0b100000,
     ]  # bits: recent, covis, ann, category, popular
     assert u0.filter(pl.col("i") == 6)["rank_covis"].item() == 2
     assert got.filter(pl.col("u") == 1)["i"].to_list() == [6]  # user 1 bought 7: only the popular 6 left
