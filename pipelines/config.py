@@ -39,7 +39,7 @@ class FunnelConfig(_Frozen):
     event_weights: dict[str, float] = Field(
         default_factory=lambda: {"view": 1.0, "click": 2.0, "cart": 4.0, "purchase": 4.0}
     )  # weight of an event type in co-visitation, seeds, recency and popularity
-    k: int = Field(200, ge=1)  # merged candidates kept (and scored) per user
+    k: int = Field(100, ge=1)  # merged candidates kept (and scored) per user
     recent_k: int = Field(50, ge=0)  # the user's own recent items (re-engagement)
     covis_k: int = Field(100, ge=0)  # item-to-item co-visitation
     ann_k: int = Field(100, ge=0)  # FAISS neighbours of the user's recent items' two-tower embeddings
@@ -63,7 +63,8 @@ class FunnelConfig(_Frozen):
     min_positives: int = Field(50, ge=1)  # fewer validation positives: publish popularity, flagged
     epochs: int = Field(4, ge=1)
     batch_size: int = Field(2048, ge=1)
-    block_users: int = Field(20_000, ge=1)  # users per block when producing the published lists
+    mlp: list[int] = Field(default_factory=lambda: [128, 64])  # the funnel DCN-Mix's MLP (few dense inputs)
+    block_users: int = Field(5_000, ge=1)  # users per block of the training and published lists (memory)
     horizon_days: int = Field(3, ge=1)  # days after D whose positives the evaluation counts
     min_eval_users: int = Field(20, ge=1)  # fewer users with positives: "not enough positives (n)"
 

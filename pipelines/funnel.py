@@ -405,7 +405,13 @@ def train_on_lists(
     vx = ((vx - mean) / std).astype(np.float32)
     vy = valid["label"].to_numpy().astype(np.float32)
     rcfg = ranker_cfg.model_copy(
-        update={"batch_size": cfg.batch_size, "epochs": cfg.epochs, "ddp": False, "warm_start": False}
+        update={
+            "batch_size": cfg.batch_size,
+            "epochs": cfg.epochs,
+            "mlp": list(cfg.mlp),
+            "ddp": False,
+            "warm_start": False,
+        }
     )
     model = build_ranker(
         rcfg, FieldLayout(("sources",), (1 << len(src.SOURCES),)), None, 0, len(FEATURES), 0, 0, seed=seed
@@ -485,6 +491,14 @@ def funnel_stage(
     first = dt - timedelta(days=lookback_days - 1)
     inp = load_inputs(data_dir, out, dt, first - timedelta(days=cfg.train_days), max([dt, *horizon]), cfg)
     end_d = _midnight(dt + timedelta(days=1))
+    phases: dict[str, float] = {"inputs": round(time.perf_counter() - t_start, 2)}
+    tick = time.perf_counter()
+
+    def phase(name: str) -> None:
+        nonlocal tick
+        now = time.perf_counter()
+        phases[name] = round(now - tick, 2)
+        tick = now
 
     # ranker on the lists of the training days, and the guard
     # fusion weights of the sources, measured on day D's positives with the lists as of D 00:00
@@ -493,12 +507,15 @@ def funnel_stage(
     pos_d = _positives(inp, t_d, t_d + timedelta(days=1), positive_events)
     weights, fusion_users = fusion_weights(s_d, pos_d, cfg, inp.emb, seed)
     log.info("funnel %s: fusion weights %s (%d users of %s)", dt, weights, fusion_users, dt)
+    phase("fusion")
     trained = Trained(None, None, None, "merged", {"reason": "funnel.ranker=false"})
     if cfg.ranker:
         train_rows, valid_rows, relevant, pop_lists = _training_lists(
             inp, lookback_days, cfg, positive_events, dt, exclude_purchased, seed, weights, s_d
         )
+        phase("training_lists")
         trained = train_on_lists(train_rows, valid_rows, relevant, pop_lists, cfg, ranker_cfg, seed, dev)
+        phase("training")
         del train_rows, valid_rows
     del s_d
     log.info("funnel %s: publishing the %s order (%s)", dt, trained.order, trained.figures.get("validation"))
@@ -595,6 +612,7 @@ def funnel_stage(
                 )
                 sw.write(block.select("user_id", "item_id", "score", "rank", "source"))
             n_cand, n_scores = cw.rows, sw.rows
+        phase("publish_lists")
         cand_stage.extra.update(
             {
                 "sources": list(src.SOURCES),
@@ -617,12 +635,14 @@ def funnel_stage(
         if horizon:
             evaluation = evaluate(inp, s, eval_rel, eval_users, collected, out, dt, cfg, seed)
             evaluation["horizon"] = [d.isoformat() for d in horizon]
+        phase("evaluation")
         metrics = {
             "dt": dt.isoformat(),
             "order": trained.order,
             "fusion": {"weights": weights, "users": fusion_users},
             "training": trained.figures,
             "users": {"with_history": active.len(), "catalogue": inp.items.height},
+            "seconds": phases,
             "eval": evaluation,
         }
         with io.staged_partition(out, DATASET, dt, run) as stage:

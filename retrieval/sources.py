@@ -277,36 +277,32 @@ def merge(
         u, i, rrf (Float32), rank (1..k by rrf, ties by item), sources (UInt8 bitmask over SOURCES), and
         for each source s: `score_<s>` (Float32) and `rank_<s>` (Int32), null where s did not propose it.
     """
-    parts = []
-    for s in SOURCES:
-        if s == "popular":
-            df = pl.DataFrame({"u": users.cast(_U)}).join(pop, how="cross")
-        else:
-            df = lists.get(s, _empty()).filter(pl.col("u").is_in(users.implode()))
-        parts.append(
-            df.select(
-                pl.col("u").cast(_U),
-                pl.col("i").cast(_I),
-                pl.lit(s).alias("src"),
-                pl.col("score").cast(pl.Float32),
-                pl.col("rank").cast(pl.Int32),
-            )
-        )
-    long = pl.concat(parts).join(
-        exclude.select(pl.col("u").cast(_U), pl.col("i").cast(_I)), on=["u", "i"], how="anti"
-    )
-    bit = pl.col("src").replace_strict({s: 1 << n for n, s in enumerate(SOURCES)}, return_dtype=pl.UInt8)
     w = {s: float((weights or {}).get(s, 1.0)) for s in SOURCES}
-    weight = pl.col("src").replace_strict(w, return_dtype=pl.Float64)
-    wide = (
-        long.sort("u", "i", "src")
-        .group_by("u", "i", maintain_order=True)
-        .agg(
-            (weight / (RRF_K + pl.col("rank"))).sum().cast(pl.Float32).alias("rrf"),
-            bit.sum().cast(pl.UInt8).alias("sources"),
-            *[pl.col("score").filter(pl.col("src") == s).first().alias(f"score_{s}") for s in SOURCES],
-            *[pl.col("rank").filter(pl.col("src") == s).first().alias(f"rank_{s}") for s in SOURCES],
+    block = pl.DataFrame({"u": users.cast(_U)})
+    key = (pl.col("u").cast(pl.UInt64) * (1 << 32) + pl.col("i").cast(pl.UInt32)).alias("_key")
+    wide: pl.DataFrame | None = None
+    for s in SOURCES:  # one (key, score_s, rank_s) frame per source, full-joined on key = (u, i) as one u64
+        if s == "popular":
+            df = block.join(pop, how="cross")
+        else:
+            df = lists.get(s, _empty()).join(block, on="u", how="semi")
+        df = df.select(
+            key,
+            pl.col("score").cast(pl.Float32).alias(f"score_{s}"),
+            pl.col("rank").cast(pl.Int32).alias(f"rank_{s}"),
         )
+        wide = df if wide is None else wide.join(df, on="_key", how="full", coalesce=True)
+    excluded = exclude.join(block, on="u", how="semi").select(key)
+    wide = wide.join(excluded, on="_key", how="anti").with_columns(
+        (pl.col("_key") // (1 << 32)).cast(_U).alias("u"), (pl.col("_key") % (1 << 32)).cast(_I).alias("i")
+    )
+    terms = [(w[s] / (RRF_K + pl.col(f"rank_{s}").cast(pl.Float64))).fill_null(0.0) for s in SOURCES]
+    bits = [
+        pl.when(pl.col(f"rank_{s}").is_not_null()).then(1 << n).otherwise(0) for n, s in enumerate(SOURCES)
+    ]
+    wide = wide.with_columns(
+        pl.sum_horizontal(terms).cast(pl.Float32).alias("rrf"),
+        pl.sum_horizontal(bits).cast(pl.UInt8).alias("sources"),
     )
     wide = wide.sort(["u", "rrf", "i"], descending=[False, True, False])
     wide = wide.with_columns((pl.int_range(pl.len(), dtype=pl.Int32).over("u") + 1).alias("rank"))

@@ -37,6 +37,10 @@ def test_nightly_runs_stages_and_commits_partitions(prefect_harness, tiny_data: 
     for dataset in summary["stages"]:
         manifest = io.read_manifest(out, dataset, run_date)
         assert manifest["config_hash"] == summary["config_hash"]
+    # 300 users x 5 days is too small to learn from: the flow publishes popularity and says why
+    scores = io.read_manifest(out, "scores", run_date)
+    assert scores["order"] == "popularity" and scores["reason"].startswith("not enough positives ("), scores
+    assert set(io.read_table(out, "scores", run_date)["source"].unique()) == {"popular"}
 
 
 def test_nightly_fails_on_contract_violation(prefect_harness, tiny_data: Path, tmp_path: Path):
