@@ -28,7 +28,6 @@ metrics say "not installed" otherwise).
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import time
 from dataclasses import dataclass, field
@@ -40,7 +39,6 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 import torch
-from threadpoolctl import threadpool_limits
 
 from features.hashing import Vocab
 from features.sampling import UniformItemSampler, item_sampling_probs
@@ -69,6 +67,7 @@ from pipelines.batches import (
 )
 from pipelines.io import RunInfo
 from retrieval import index as faiss_index
+from retrieval.baselines import ALS_FACTORS, ALS_ITERATIONS, als_available, als_recommend, fit_als
 from retrieval.config import IndexConfig
 from retrieval.metrics import metrics_at_k, recall_at_k
 
@@ -93,9 +92,6 @@ VALID_SCORE_MB = 64
 CANDIDATE_BLOCK_USERS = (
     16_384  # users per search block: a multiple of the 4096 queries FAISS scores per BLAS call
 )
-ALS_FACTORS = 64
-ALS_ITERATIONS = 15
-ALS_REGULARIZATION = 0.05
 
 
 # ---------------------------------------------------------------- inputs
@@ -469,11 +465,6 @@ def popularity_positions(
     return out
 
 
-def als_available() -> bool:
-    """Whether the `implicit` package (ALS baseline) is installed."""
-    return importlib.util.find_spec("implicit") is not None
-
-
 def als_positions(
     inputs: RetrieverInputs,
     user_rows: np.ndarray,
@@ -493,8 +484,6 @@ def als_positions(
     Returns:
         ([Q, k] int64 item positions, -1 where fewer exist; figures).
     """
-    from implicit.als import AlternatingLeastSquares
-
     t0 = time.perf_counter()
     rows = pl.DataFrame({"user_id": inputs.user_ids}).with_row_index("_u")
     # one entry per positive; the CSR conversion sums repeated (user, item) pairs into their count. (A polars
@@ -508,23 +497,7 @@ def als_positions(
         shape=(len(inputs.user_ids), inputs.n_items),
     )
     conf.sum_duplicates()
-    # implicit runs its own threads; a multi-threaded BLAS underneath oversubscribes the cores (it warns)
-    with threadpool_limits(1, "blas"):
-        model = AlternatingLeastSquares(
-            factors=ALS_FACTORS,
-            regularization=ALS_REGULARIZATION,
-            iterations=ALS_ITERATIONS,
-            random_state=seed,
-        )
-        model.fit(conf, show_progress=False)
-    filt = exclude[user_rows] if exclude is not None else conf[user_rows]
-    k_fetch = min(k, inputs.n_items)
-    ids, _ = model.recommend(
-        user_rows, filt, N=k_fetch, filter_already_liked_items=exclude is not None, recalculate_user=False
-    )
-    ids = np.asarray(ids, dtype=np.int64).reshape(len(user_rows), -1)
-    if ids.shape[1] < k:
-        ids = np.pad(ids, ((0, 0), (0, k - ids.shape[1])), constant_values=-1)
+    ids = als_recommend(fit_als(conf, seed), user_rows, k, exclude, inputs.n_items)[0]
     return ids, {
         "factors": ALS_FACTORS,
         "iterations": ALS_ITERATIONS,

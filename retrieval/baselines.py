@@ -56,11 +56,3 @@ def als_recommend(
         ids = np.pad(ids, ((0, 0), (0, k - ids.shape[1])), constant_values=-1)
         scores = np.pad(scores, ((0, 0), (0, k - scores.shape[1])), constant_values=-np.inf)
     return ids, scores
-
-
-def als_topk(
-    confidence: sp.csr_matrix, rows: np.ndarray, k: int, exclude: sp.csr_matrix | None, seed: int
-) -> np.ndarray:
-    """`fit_als` then `als_recommend`: [Q, k] int64 item positions of `rows`, best first, -1 where fewer exist."""
-    model = fit_als(confidence, seed)
-    return als_recommend(model, rows, k, exclude, confidence.shape[1])[0]
