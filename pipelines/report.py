@@ -231,7 +231,9 @@ def funnel_metrics(out: Path, dt: date, k: int = FUNNEL_K) -> dict[str, Any] | N
     return result if ("ranker" in result or "retriever" in result) else None
 
 
-FUNNEL_METHODS = ("published", "ranker", "merged", "recent", "covis", "ann", "two_tower", "popularity", "als")
+FUNNEL_METHODS = (
+    "published", "ranker", "merged", "recent", "covis", "ann", "als", "category", "two_tower", "popularity",
+)  # fmt: skip
 
 
 def _funnel(out: Path, dt: date) -> dict[str, Any] | None:
@@ -545,6 +547,13 @@ def render_html(report: Mapping[str, Any]) -> str:
     if funnel and "order" in funnel:
         parts.append("<h2>Full funnel (every returning user over the horizon)</h2>")
         parts.append(f"<p>Published order: <b>{html.escape(str(funnel.get('order')))}</b>.</p>")
+        training = funnel.get("training") or {}
+        if training.get("validation"):
+            valid = {n: m for n, m in training["validation"].items() if isinstance(m, Mapping)}
+            parts.append("<p>Validation (held-out users of the run date, lists as of its start):</p>")
+            parts.append(_table(valid, "order"))
+        elif training.get("reason"):
+            parts.append(f"<p>Why: {html.escape(str(training['reason']))}.</p>")
         methods = funnel.get("methods") or {}
         if methods:
             parts.append(

@@ -202,3 +202,21 @@ def test_report_renders_in_headless_chromium(tmp_path: Path):
         if "CONSOLE" in line and re.search(r"error|uncaught", line, re.I)
     ]
     assert console_errors == []
+
+
+def test_funnel_stage_figures_reach_the_report(tmp_path: Path):
+    ev = {
+        "present": True, "users": 40, "positives": 55, "coverage": 1.0, "horizon": ["2024-03-02"],
+        "published": {"recall@50": 0.4, "ndcg@10": 0.2}, "popularity": {"recall@50": 0.1, "ndcg@10": 0.05},
+        "als": "not enough positives (3)",
+    }  # fmt: skip
+    training = {"validation": {"ranker": {"ndcg@10": 0.3}, "merged": {"ndcg@10": 0.2}}}
+    with io.staged_partition(tmp_path, "funnel", D1, _run()) as stage:
+        stage.write_json("metrics.json", {"order": "ranker", "eval": ev, "training": training})
+    got = collect(tmp_path, D1)
+    assert got["funnel"]["order"] == "ranker" and got["funnel"]["methods"]["published"]["ndcg@10"] == 0.2
+    assert got["headline"]["funnel.published.ndcg@10"] == 0.2
+    page = write_report(tmp_path, D1)["html"]
+    text = Path(page).read_text()
+    assert "Published order: <b>ranker</b>" in text and "not enough positives (3)" in text
+    assert "Validation (held-out users" in text and len(_pngs(text)) >= 1
