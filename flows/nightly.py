@@ -310,7 +310,7 @@ def ddp_ranker_stage(
 def funnel_task(cfg: Config, dt: date, device: str, run: io.RunInfo, inputs_key: str) -> dict[str, Any]:
     """Multi-source candidates, the ranker trained on them, the publish guard -> candidates/, scores/,
     funnel/ of dt=D."""
-    _fault_point("score")
+    _fault_point("funnel")
     data = cfg.data
     return funnel_stage(
         data.dir, data.out, dt, cfg.funnel, cfg.ranker, list(cfg.sampling.positive_events),

@@ -44,7 +44,7 @@ from features.funnel import FEATURES, item_table, pair_features
 from models.config import RankerConfig
 from models.inputs import FieldLayout
 from models.ranker import build_ranker
-from models.train import load_checkpoint, save_checkpoint, train_ranker
+from models.train import save_checkpoint, train_ranker
 from pipelines import io
 from pipelines.config import FunnelConfig
 from pipelines.ranking import padded_batch, predict, resolve_device
@@ -186,9 +186,14 @@ def sources_as_of(
     excl = _csr(bought["u"], bought["i"], np.ones(bought.height, np.float32), shape)
     als = None
     if cfg.als_k and als_available() and ev.height:
-        conf = ev.group_by("u", "i").agg(pl.col("w").sum())
-        als = fit_als(_csr(conf["u"], conf["i"], conf["w"].to_numpy(), shape), seed)
+        als = fit_als(_confidence(ev, shape), seed)
     return Sources(as_of, ev, covis, pop, cats, als, excl, bought, item_table(ev, as_of))
+
+
+def _confidence(events: pl.DataFrame, shape: tuple[int, int]) -> sp.csr_matrix:
+    """[users, items] CSR of the summed event weights (the ALS input)."""
+    conf = events.group_by("u", "i").agg(pl.col("w").sum())
+    return _csr(conf["u"], conf["i"], conf["w"].to_numpy(), shape)
 
 
 def _csr(rows: pl.Series, cols: pl.Series, values: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
@@ -714,16 +719,10 @@ def evaluate(
 def _als_lists(inp: Inputs, s: Sources, users: pl.Series, seed: int) -> pl.DataFrame:
     """The ALS baseline when the ALS source is off (funnel.als_k = 0): fitted on the same events."""
     n_i = inp.items.height
-    conf_df = s.events.group_by("u", "i").agg(pl.col("w").sum())
-    conf = _csr(conf_df["u"], conf_df["i"], conf_df["w"].to_numpy(), s.exclude_csr.shape)
+    conf = _confidence(s.events, s.exclude_csr.shape)
     excl = s.exclude_csr
     rows = users.to_numpy().astype(np.int64)
     top = als_recommend(fit_als(conf, seed), rows, RECALL_K, excl, n_i)[0]  # (Q, 50)
     df = pl.DataFrame({"u": np.repeat(rows, top.shape[1]).astype(np.uint32), "i": top.ravel().astype(np.int32),
                        "rank": np.tile(np.arange(1, top.shape[1] + 1, dtype=np.int32), len(rows))})  # fmt: skip
     return df.filter(pl.col("i") >= 0)
-
-
-def load_funnel_model(out: Path, dt: date) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The DCN-Mix of funnel/dt=D and its feature statistics (for notebooks and tests)."""
-    return load_checkpoint(io.committed_path(out, DATASET, dt, MODEL_FILE))
