@@ -20,9 +20,12 @@ Speed (docs/ranking.md, "Training speed"):
 
 Distributed data parallel (cfg.ddp=True) expects to run under torchrun: it reads RANK, WORLD_SIZE,
 LOCAL_RANK, MASTER_ADDR and MASTER_PORT, joins the process group (gloo on CPU, nccl on CUDA) unless the
-caller already did, wraps the model in DistributedDataParallel and lets rank r train on batches
-r, r + W, r + 2W, ... of each epoch (DDP's Join handles ranks with one batch fewer). Validation scores are
-gathered from every rank so that every rank computes the same AUC and takes the same early-stopping decision.
+caller already did, wraps the model in DistributedDataParallel and lets rank r train on batch r of each full
+round of W batches of the epoch's stream (every rank reads the same stream; the last W - 1 batches at most,
+an incomplete round, are left out of that epoch). Every rank so runs the same steps and the same collectives:
+no rank waits in a collective its peers never make (DDP's Join, which shadows them, is not needed).
+Validation scores are gathered from every rank so that every rank computes the same AUC and takes the same
+early-stopping decision.
 """
 
 from __future__ import annotations
@@ -125,10 +128,22 @@ def _to_device(batch: Batch, device: torch.device) -> Batch:
 
 
 def _my_batches(batches: Iterable[Batch], info: _Dist) -> Iterator[Batch]:
-    """Every world-th batch, starting at this rank's index."""
+    """Every world-th batch, starting at this rank's index (validation: ranks may get one batch fewer)."""
     for i, batch in enumerate(batches):
         if i % info.world == info.rank:
             yield batch
+
+
+def _my_rounds(batches: Iterable[Batch], info: _Dist) -> Iterator[Batch]:
+    """Batch `rank` of each full round of `world` batches: every rank gets the same number of batches (the
+    training steps of all ranks match one to one); an incomplete last round is left out."""
+    mine = None
+    for i, batch in enumerate(batches):
+        if i % info.world == info.rank:
+            mine = batch
+        if i % info.world == info.world - 1:
+            yield mine
+            mine = None
 
 
 class _Failure:
@@ -310,30 +325,28 @@ def _train_epoch(
     params = [p for p in inner.parameters() if p.requires_grad]
     loss_sum = torch.zeros((), device=device)
     n = 0
-    join = wrapped.join() if isinstance(wrapped, DistributedDataParallel) else contextlib.nullcontext()
     start = time.perf_counter()
-    with join:
-        stream = prefetch(_my_batches(batches, info), prefetch_depth)
-        for batch in tqdm(stream, desc=desc, disable=not progress or info.rank != 0, leave=False):
-            b = _to_device(batch, device)
-            label = b["label"].float()  # (B,)
-            with _autocast(device, use_amp):
-                logits = wrapped(b)  # (B,)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), label)
-            total = loss
-            if cfg.l2_embedding > 0:
-                total = total + cfg.l2_embedding * inner.embedding_l2(b)
-            for opt in opts:
-                opt.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
-            for opt in opts:
-                scaler.unscale_(opt)
-            clip_grad_norm(params, cfg.grad_clip)
-            for opt in opts:
-                scaler.step(opt)
-            scaler.update()
-            loss_sum += loss.detach() * label.shape[0]
-            n += label.shape[0]
+    stream = prefetch(_my_rounds(batches, info), prefetch_depth)
+    for batch in tqdm(stream, desc=desc, disable=not progress or info.rank != 0, leave=False):
+        b = _to_device(batch, device)
+        label = b["label"].float()  # (B,)
+        with _autocast(device, use_amp):
+            logits = wrapped(b)  # (B,)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), label)
+        total = loss
+        if cfg.l2_embedding > 0:
+            total = total + cfg.l2_embedding * inner.embedding_l2(b)
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
+        for opt in opts:
+            scaler.unscale_(opt)
+        clip_grad_norm(params, cfg.grad_clip)
+        for opt in opts:
+            scaler.step(opt)
+        scaler.update()
+        loss_sum += loss.detach() * label.shape[0]
+        n += label.shape[0]
     seconds = time.perf_counter() - start
     return (float(loss_sum) / n if n else float("nan")), n, seconds
 
