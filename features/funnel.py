@@ -1,8 +1,9 @@
 """Features of (user, candidate) pairs for the funnel's ranker, as of an instant T (events with ts < T only).
 
     pairs   [P rows]  u (UInt32), i (Int32) and the merge's columns (rrf, sources, score_<s>, rank_<s>)
-    events  [V rows]  u, i, w (Float32 event weight), ev (String event type), ts, and `cat` (String item
-                      category, null when the catalogue has none)
+    events  [V rows]  u, i, w (Float32 event weight), ev (String event type), ts, and `cat` (item category,
+                      null when the catalogue has none)
+    items   [N rows]  i, cat (the catalogue's category of each item), the popularity columns of `item_table`
 
 `pair_features` appends the numeric columns of `FEATURES` (one row per pair, nulls filled), every one read
 from events strictly before T, so a label event on day T never reaches its own features:
@@ -45,13 +46,17 @@ def _days_before(as_of: datetime, ts: pl.Expr) -> pl.Expr:
     return ((pl.lit(as_of) - ts).dt.total_seconds() / 86_400.0).clip(upper_bound=CAP_DAYS)
 
 
-def item_table(events: pl.DataFrame, as_of: datetime) -> pl.DataFrame:
-    """i, item_<w>d for w in POP_DAYS: log1p of each item's events in the last w days before `as_of`."""
+def item_table(events: pl.DataFrame | pl.LazyFrame, as_of: datetime, catalogue: pl.DataFrame) -> pl.DataFrame:
+    """i, cat, item_<w>d for w in POP_DAYS: every item of `catalogue` (i, cat) with log1p of its events in the
+    last w days before `as_of` (0 without events)."""
     cols = [
         (pl.col("ts") >= as_of - timedelta(days=d)).sum().cast(pl.Float32).log1p().alias(f"item_{d}d")
         for d in POP_DAYS
     ]
-    return events.filter(pl.col("ts") < as_of).group_by("i").agg(cols)
+    counts = events.lazy().filter(pl.col("ts") < as_of).group_by("i").agg(cols).collect()
+    return catalogue.join(counts, on="i", how="left").with_columns(
+        *[pl.col(f"item_{d}d").fill_null(0.0) for d in POP_DAYS]
+    )
 
 
 def pair_features(
@@ -60,7 +65,7 @@ def pair_features(
     """`pairs` with the FEATURES columns appended (Float32, no nulls); row order kept.
 
     events: the users' events (every user of `pairs`, others allowed), before `as_of` or not (later ones are
-    dropped here); items: `item_table(events of everyone, as_of)`.
+    dropped here); items: `item_table(events of everyone, as_of, catalogue)`.
     """
     ev = events.filter(pl.col("ts") < as_of)
     users = pairs.select("u").unique()
@@ -75,13 +80,11 @@ def pair_features(
         pl.len().alias("_n"),
     )
     cat_counts = ev.filter(pl.col("cat").is_not_null()).group_by("u", "cat").agg(pl.len().alias("_c"))
-    item_cat = events.select("i", "cat").unique("i", keep="first")
     out = (
         pairs.with_row_index("_row")
         .join(ui, on=["u", "i"], how="left")
         .join(per_user, on="u", how="left")
         .join(items, on="i", how="left")
-        .join(item_cat, on="i", how="left")
         .join(cat_counts, on=["u", "cat"], how="left")
         .sort("_row")
     )

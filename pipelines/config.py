@@ -51,6 +51,7 @@ class FunnelConfig(_Frozen):
     covis_window_hours: float = Field(24.0, gt=0.0)  # two events further apart make no pair
     covis_span: int = Field(5, ge=1)  # an event pairs with the next `covis_span` events of the user
     covis_neighbours: int = Field(30, ge=1)  # partners kept per item
+    covis_block_events: int = Field(2_000_000, ge=1)  # events per co-visitation pass (memory follows it)
     popular_days: int = Field(7, ge=1)
     category_column: str | None = "auto"  # item column of the category features; auto: first present of
     # category_l2, category, category_l1; None: no category features

@@ -83,8 +83,9 @@ class Inputs:
     users: pl.DataFrame  # user_id, u (UInt32): every user with an event read
     items: pl.DataFrame  # item_id, i (Int32): the catalogue, row = item position
     emb: np.ndarray | None  # [N, D] float32 two-tower item vectors, row = i; None: no retriever of D
-    events: pl.DataFrame  # u, i, ev, w, ts, cat
+    events: pl.DataFrame  # u, i, ev, w, ts, cat; sorted by u, ts (Sources slice it per user block)
     category: str | None  # the item column behind `cat`
+    catalogue: pl.DataFrame  # i, cat: every item of `items`
 
 
 def _category_column(items: pl.DataFrame, setting: str | None) -> str | None:
@@ -114,7 +115,9 @@ def load_inputs(data_dir: Path, out: Path, dt: date, first: date, last: date, cf
     items = items.select(pl.col("item_id").cast(pl.String), pl.col("i").cast(pl.Int32)).sort("i")
     cats = raw_items.select(
         pl.col("item_id").cast(pl.String),
-        (pl.col(category).cast(pl.String) if category else pl.lit(None, pl.String)).alias("cat"),
+        (pl.col(category).cast(pl.String) if category else pl.lit(None, pl.String))
+        .cast(pl.Categorical)
+        .alias("cat"),
     )
     lf = io.scan_events(data_dir, first, last)
     users = lf.select("user_id").unique().sort("user_id").collect().with_row_index("u").select("user_id", "u")
@@ -132,12 +135,13 @@ def load_inputs(data_dir: Path, out: Path, dt: date, first: date, last: date, cf
             .replace_strict(weights, default=1.0, return_dtype=pl.Float32)
             .alias("w"),
             "ts",
-            pl.col("cat").cast(pl.Categorical),
+            "cat",
         )
-        .sort("u", "ts", "i")
-        .collect()
+        .sort("u", "ts", "i", "ev")
+        .collect(engine="streaming")
     )
-    return Inputs(users, items, emb, events, category)
+    catalogue = items.join(cats, on="item_id", how="left").select("i", "cat").sort("i")
+    return Inputs(users, items, emb, events, category, catalogue)
 
 
 def _midnight(d: date) -> datetime:
@@ -149,50 +153,76 @@ def _midnight(d: date) -> datetime:
 
 @dataclass
 class Sources:
-    """The global pieces of the lists as of T: co-visitation pairs, the popularity list, the purchases."""
+    """The lists' inputs as of T: the event window, the global pieces (co-visitation pairs, the popularity
+    lists, the ALS model, the purchases) and the users with history. The window is a view of Inputs.events
+    (never copied): `window()` for global aggregates, `events_of(users)` for a block of users."""
 
     as_of: datetime
-    events: pl.DataFrame  # events with as_of - lookback <= ts < as_of
+    since: datetime  # as_of - lookback: the window is since <= ts < as_of
+    all_events: pl.DataFrame  # Inputs.events, sorted by u
+    active: pl.Series  # [U] UInt32 sorted: the users with an event in the window
     covis: pl.DataFrame
     pop: pl.DataFrame
     categories: pl.DataFrame  # retrieval.sources.category_table
-    als: Any  # implicit ALS fitted on the events, or None (not installed, or funnel.als_k = 0)
+    als: Any  # implicit ALS fitted on the window, or None (not installed, or funnel.als_k = 0)
     exclude_csr: sp.csr_matrix  # [users, items] the purchases, as the ALS source filters them
     exclude: pl.DataFrame  # u, i purchased before as_of (empty without exclusion)
     items: pl.DataFrame  # features.funnel.item_table
+
+    def window(self) -> pl.LazyFrame:
+        """The events of the window, lazily (aggregate it; collecting it whole copies every column)."""
+        return self.all_events.lazy().filter(_between(self.since, self.as_of))
+
+    def events_of(self, users: pl.Series) -> pl.DataFrame:
+        """The window's events of `users` ([U] UInt32): the rows between the smallest and the largest user
+        (a slice: events are sorted by u), then filtered; a block of consecutive users costs its own rows."""
+        if users.len() == 0:
+            return self.all_events.clear()
+        u = self.all_events["u"]
+        lo = int(u.search_sorted(users.min(), side="left"))
+        hi = int(u.search_sorted(users.max(), side="right"))
+        rows = self.all_events.slice(lo, hi - lo)
+        return rows.filter(pl.col("u").is_in(users.implode()) & _between(self.since, self.as_of))
+
+
+def _between(since: datetime, until: datetime) -> pl.Expr:
+    return pl.col("ts").is_between(since, until, closed="left")
 
 
 def sources_as_of(
     inp: Inputs, as_of: datetime, lookback_days: int, cfg: FunnelConfig, exclude: bool, seed: int = 0
 ) -> Sources:
-    ev = inp.events.filter(
-        pl.col("ts").is_between(as_of - timedelta(days=lookback_days), as_of, closed="left")
-    )
+    since = as_of - timedelta(days=lookback_days)
+    win = inp.events.lazy().filter(_between(since, as_of))
+    active = win.select("u").unique().collect()["u"].sort()
+    covis_ev = win.filter(pl.col("ts") >= as_of - timedelta(days=cfg.covis_days)).select("u", "i", "w", "ts")
+    covis_ev = covis_ev.collect()
     covis = src.covisitation(
-        ev.filter(pl.col("ts") >= as_of - timedelta(days=cfg.covis_days)),
+        covis_ev,
         window_s=cfg.covis_window_hours * 3600.0,
         span=cfg.covis_span,
         neighbours=cfg.covis_neighbours,
+        partitions=max(1, -(-covis_ev.height // cfg.covis_block_events)),
     )
-    pop = src.popular(ev, as_of - timedelta(days=cfg.popular_days), cfg.popular_k)
-    bought = (
-        ev.filter(pl.col("ev") == "purchase").select("u", "i").unique()
-        if exclude
-        else ev.clear().select("u", "i")
-    )
-    since = as_of - timedelta(days=cfg.popular_days)
-    cats = src.category_table(ev, since, cfg.category_k)
+    del covis_ev
+    pop = src.popular(win, as_of - timedelta(days=cfg.popular_days), cfg.popular_k)
+    if exclude:
+        bought = win.filter(pl.col("ev") == "purchase").select("u", "i").unique().collect()
+    else:
+        bought = pl.DataFrame(schema={"u": pl.UInt32, "i": pl.Int32})
+    cats = src.category_table(win, as_of - timedelta(days=cfg.popular_days), cfg.category_k)
     shape = (inp.users.height, inp.items.height)
     excl = _csr(bought["u"], bought["i"], np.ones(bought.height, np.float32), shape)
     als = None
-    if cfg.als_k and als_available() and ev.height:
-        als = fit_als(_confidence(ev, shape), seed)
-    return Sources(as_of, ev, covis, pop, cats, als, excl, bought, item_table(ev, as_of))
+    if cfg.als_k and als_available() and active.len():
+        als = fit_als(_confidence(win, shape), seed)
+    items = item_table(win, as_of, inp.catalogue)
+    return Sources(as_of, since, inp.events, active, covis, pop, cats, als, excl, bought, items)
 
 
-def _confidence(events: pl.DataFrame, shape: tuple[int, int]) -> sp.csr_matrix:
+def _confidence(events: pl.DataFrame | pl.LazyFrame, shape: tuple[int, int]) -> sp.csr_matrix:
     """[users, items] CSR of the summed event weights (the ALS input)."""
-    conf = events.group_by("u", "i").agg(pl.col("w").sum())
+    conf = events.lazy().group_by("u", "i").agg(pl.col("w").sum()).collect()
     return _csr(conf["u"], conf["i"], conf["w"].to_numpy(), shape)
 
 
@@ -211,7 +241,7 @@ def user_lists(
     weights: dict[str, float] | None = None,
 ) -> tuple[dict, pl.DataFrame]:
     """(raw lists per source, merged list) as of s.as_of for `users` ([U] UInt32)."""
-    ev = s.events.filter(pl.col("u").is_in(users.implode()))
+    ev = s.events_of(users)
     seed = src.seeds(ev, users, cfg.seeds)
     lists: dict[str, pl.DataFrame] = {}
     if cfg.recent_k:
@@ -233,7 +263,7 @@ def fusion_weights(
     """Source weights of the merge (`retrieval.sources.fusion_weights`) measured on the lists as of s.as_of
     of a seeded sample of `funnel.fusion_users` users with a positive in `positives` (u, i) and history.
     Returns (weights, users measured on); every weight is 1 without such users."""
-    users = positives.join(s.events.select("u").unique(), on="u", how="semi")["u"].unique().sort()
+    users = positives.join(s.active.to_frame(), on="u", how="semi")["u"].unique().sort()
     if users.len() > cfg.fusion_users:
         rng = np.random.default_rng([seed, 7])
         users = pl.Series("u", np.sort(rng.choice(users.to_numpy(), cfg.fusion_users, replace=False)))
@@ -344,7 +374,7 @@ def _training_lists(
         s = s_last if back == 0 else sources_as_of(inp, t0, lookback, cfg, exclude, seed)
         pos = _positives(inp, t0, t0 + timedelta(days=1), positive_events)
         rel_parts.append(pos.with_columns(pl.lit(day).alias("day")))
-        users = pos.join(s.events.select("u").unique(), on="u", how="semi")["u"].unique().sort()
+        users = pos.join(s.active.to_frame(), on="u", how="semi")["u"].unique().sort()
         if users.len() > cfg.max_train_users:
             users = pl.Series("u", np.sort(rng.choice(users.to_numpy(), cfg.max_train_users, replace=False)))
         held = pl.DataFrame({"u": users, "_valid": rng.random(users.len()) < cfg.valid_share})
@@ -361,7 +391,7 @@ def _training_lists(
             merged = merged.with_columns(pl.Series("_r", rng.random(merged.height)))
             keep = pl.col("_valid") | (pl.col("label") > 0)
             keep = keep | (pl.col("_r").rank("ordinal").over("u") <= cfg.train_negatives)
-            rows = pair_features(merged.filter(keep), s.events, s.items, t0).with_columns(
+            rows = pair_features(merged.filter(keep), s.events_of(block), s.items, t0).with_columns(
                 pl.lit(day).alias("day")
             )
             valid_parts.append(rows.filter(pl.col("_valid")).drop("_valid", "_r"))
@@ -527,23 +557,26 @@ def funnel_stage(
 
     # published lists as of D+1 00:00
     s = sources_as_of(inp, end_d, lookback_days, cfg, exclude_purchased, seed)
-    active = s.events["u"].unique().sort()
+    active = s.active
     eval_rel = (
         _positives(inp, end_d, _midnight(horizon[-1] + timedelta(days=1)), positive_events)
         if horizon
         else None
     )
     eval_users = (
-        eval_rel.join(s.events.select("u").unique(), on="u", how="semi")["u"].unique().sort()
-        if horizon
-        else None
+        eval_rel.join(active.to_frame(), on="u", how="semi")["u"].unique().sort() if horizon else None
     )
+    eval_pairs = eval_rel.join(eval_users.to_frame(), on="u", how="semi") if horizon else None
     collected: dict[str, list[pl.DataFrame]] = {}
+    covered = 0
 
     def keep(name: str, df: pl.DataFrame) -> None:
-        if eval_users is not None:
+        """Keep what the metrics read: the rows of the top RECALL_K that an evaluated user came back for."""
+        if eval_pairs is not None:
             collected.setdefault(name, []).append(
-                df.join(pl.DataFrame({"u": eval_users}), on="u", how="semi").select("u", "i", "rank")
+                df.filter(pl.col("rank") <= RECALL_K)
+                .join(eval_pairs, on=["u", "i"], how="semi")
+                .select("u", "i", "rank")
             )
 
     id_of = inp.users.select("u", "user_id")
@@ -562,7 +595,7 @@ def funnel_stage(
                 pop = _popular_for(s, users, cfg.k)
                 merged = merged.with_columns(src.primary_source(pl.col("sources")).alias("source"))
                 if trained.order == "ranker":
-                    feats = pair_features(merged, s.events, s.items, end_d)
+                    feats = pair_features(merged, s.events_of(users), s.items, end_d)
                     sparse, x = _arrays(feats)
                     lg = logits(
                         trained.model, sparse, ((x - trained.mean) / trained.std).astype(np.float32), dev
@@ -577,6 +610,8 @@ def funnel_stage(
                 else:
                     pub = pop.with_columns(pl.lit("popular").alias("source"))
                 keep("published", pub)
+                if eval_users is not None:
+                    covered += pub.select("u").unique().join(eval_users.to_frame(), on="u", how="semi").height
                 keep("merged", merged)
                 keep("popularity", pop)
                 for name, df in raw.items():
@@ -638,7 +673,7 @@ def funnel_stage(
 
         evaluation: dict[str, Any] = {"present": False, "horizon_days": cfg.horizon_days}
         if horizon:
-            evaluation = evaluate(inp, s, eval_rel, eval_users, collected, out, dt, cfg, seed)
+            evaluation = evaluate(inp, s, eval_rel, eval_users, collected, covered, out, dt, cfg, seed)
             evaluation["horizon"] = [d.isoformat() for d in horizon]
         phase("evaluation")
         metrics = {
@@ -673,13 +708,17 @@ def evaluate(
     relevant: pl.DataFrame,
     users: pl.Series,
     collected: dict[str, list[pl.DataFrame]],
+    covered: int,
     out: Path,
     dt: date,
     cfg: FunnelConfig,
     seed: int,
 ) -> dict[str, Any]:
     """Recall@50 and NDCG@10 of every list on the horizon's positives, over every returning user with
-    history (`users`); popularity, ALS and the two-tower lists on the same users and exclusions."""
+    history (`users`); popularity, ALS and the two-tower lists on the same users and exclusions.
+
+    collected: list name -> the hits of its top RECALL_K (u, i, rank rows that are in `relevant`), which is
+    all `list_metrics` reads; covered: the users of `users` with a published list."""
     n = users.len()
     out_: dict[str, Any] = {
         "present": True,
@@ -688,10 +727,7 @@ def evaluate(
     }
     lists = {name: pl.concat(parts) for name, parts in collected.items()}
     if io.is_committed(out, TWO_TOWER, dt):
-        tt = io.read_table(out, TWO_TOWER, dt).join(inp.users, on="user_id").join(inp.items, on="item_id")
-        lists["two_tower"] = _rerank(
-            tt.select("u", "i", "rank").join(s.exclude, on=["u", "i"], how="anti"), "rank", False
-        )
+        lists["two_tower"] = _two_tower_hits(out, dt, inp, s.exclude, relevant.join(users.to_frame(), on="u"))
     if "als" in lists:
         pass  # the ALS source alone: fitted on the same events, same users and exclusions
     elif als_available() and n:
@@ -699,7 +735,6 @@ def evaluate(
     else:
         out_["als"] = {"status": "not installed (pip install implicit to add the ALS baseline)"}
     ulist = pl.DataFrame({"u": users})
-    covered = lists.get("published", pl.DataFrame(schema={"u": pl.UInt32})).select("u").unique().height
     out_["coverage"] = round(covered / n, 6) if n else None
     for name, df in lists.items():
         if n < cfg.min_eval_users:
@@ -716,10 +751,36 @@ def evaluate(
     return out_
 
 
+def _two_tower_hits(
+    out: Path, dt: date, inp: Inputs, exclude: pl.DataFrame, relevant: pl.DataFrame
+) -> pl.DataFrame:
+    """u, i, rank: the hits of the retriever's committed lists (two_tower/dt=D) on `relevant` (u, i), ranked
+    as if the excluded pairs had been removed first; the lists are streamed, never held whole."""
+    tt = (
+        io.scan_table(out, TWO_TOWER, dt)
+        .join(inp.users.lazy(), on="user_id")
+        .join(inp.items.lazy(), on="item_id")
+        .select(pl.col("u").cast(pl.UInt32), pl.col("i").cast(pl.Int32), pl.col("rank").cast(pl.Int32))
+        .join(relevant.select("u").unique().lazy(), on="u", how="semi")
+    )
+    hits = tt.join(relevant.lazy(), on=["u", "i"], how="semi").join(exclude.lazy(), on=["u", "i"], how="anti")
+    gone = tt.join(exclude.lazy(), on=["u", "i"], how="semi").select("u", pl.col("rank").alias("_gone"))
+    hits, gone = pl.collect_all([hits, gone], engine="streaming")
+    shift = (
+        hits.join(gone, on="u")
+        .filter(pl.col("_gone") < pl.col("rank"))
+        .group_by("u", "i")
+        .agg(pl.len().cast(pl.Int32).alias("_shift"))
+    )
+    return hits.join(shift, on=["u", "i"], how="left").select(
+        "u", "i", (pl.col("rank") - pl.col("_shift").fill_null(0)).alias("rank")
+    )
+
+
 def _als_lists(inp: Inputs, s: Sources, users: pl.Series, seed: int) -> pl.DataFrame:
     """The ALS baseline when the ALS source is off (funnel.als_k = 0): fitted on the same events."""
     n_i = inp.items.height
-    conf = _confidence(s.events, s.exclude_csr.shape)
+    conf = _confidence(s.window(), s.exclude_csr.shape)
     excl = s.exclude_csr
     rows = users.to_numpy().astype(np.int64)
     top = als_recommend(fit_als(conf, seed), rows, RECALL_K, excl, n_i)[0]  # (Q, 50)

@@ -78,7 +78,12 @@ def recent(
 
 
 def covisitation(
-    events: pl.DataFrame, *, window_s: float = 86_400.0, span: int = 5, neighbours: int = 30
+    events: pl.DataFrame,
+    *,
+    window_s: float = 86_400.0,
+    span: int = 5,
+    neighbours: int = 30,
+    partitions: int = 1,
 ) -> pl.DataFrame:
     """Item-to-item co-visitation weights: a, b, covis (the `neighbours` strongest b of each a).
 
@@ -88,6 +93,8 @@ def covisitation(
         span: an event pairs with the next `span` events of the same user (a bounded window keeps the
             pair count linear in the events: at most 2 * span pairs per event).
         neighbours: partners kept per item.
+        partitions: the pairs are summed for one slice of the items a (a mod partitions) at a time, so memory
+            follows the distinct pairs of a slice; the result does not depend on it.
 
     >>> from datetime import UTC
     >>> ev = pl.DataFrame({"u": [0, 0, 1, 1], "i": [1, 2, 1, 3], "w": [1.0, 3.0, 1.0, 2.0],
@@ -95,26 +102,35 @@ def covisitation(
     >>> covisitation(ev).filter(pl.col("a") == 1).rows()
     [(1, 2, 3.0), (1, 3, 2.0)]
     """
-    ev = events.select("u", "i", "w", "ts").sort("u", "ts", "i")
-    pairs = pl.DataFrame(schema={"a": _I, "b": _I, "covis": pl.Float32})
-    for lag in range(1, span + 1):  # one lag at a time, summed as it goes: memory follows distinct pairs
-        nxt = ev.select(
-            pl.col("i").alias("a"),
-            pl.col("w").alias("wa"),
-            pl.col("i").shift(-lag).alias("b"),
-            pl.col("w").shift(-lag).alias("wb"),
-            ((pl.col("ts").shift(-lag) - pl.col("ts")).dt.total_seconds()).alias("gap"),
-            (pl.col("u").shift(-lag) == pl.col("u")).alias("same"),
-        ).filter(pl.col("same") & (pl.col("gap") <= window_s) & (pl.col("a") != pl.col("b")))
-        both = pl.concat(
-            [
-                nxt.select("a", "b", pl.col("wb").alias("covis")),
-                nxt.select(pl.col("b").alias("a"), pl.col("a").alias("b"), pl.col("wa").alias("covis")),
-            ]
-        ).select(pl.col("a").cast(_I), pl.col("b").cast(_I), pl.col("covis").cast(pl.Float32))
-        pairs = pl.concat([pairs, both]).group_by("a", "b").agg(pl.col("covis").sum())
-    top = pairs.sort(["a", "covis", "b"], descending=[False, True, False])
-    top = top.filter(pl.int_range(pl.len()).over("a") < neighbours)
+    if partitions < 1:
+        raise ValueError(f"covisitation: partitions must be >= 1, got {partitions}")
+    ev = events.select("u", "i", "w", "ts").sort("u", "ts", "i", "w")
+    parts = []
+    for part in range(partitions):
+        pairs = pl.DataFrame(schema={"a": _I, "b": _I, "covis": pl.Float32})
+        for lag in range(1, span + 1):  # one lag at a time, summed as it goes: memory follows distinct pairs
+            nxt = ev.select(
+                pl.col("i").alias("a"),
+                pl.col("w").alias("wa"),
+                pl.col("i").shift(-lag).alias("b"),
+                pl.col("w").shift(-lag).alias("wb"),
+                ((pl.col("ts").shift(-lag) - pl.col("ts")).dt.total_seconds()).alias("gap"),
+                (pl.col("u").shift(-lag) == pl.col("u")).alias("same"),
+            ).filter(pl.col("same") & (pl.col("gap") <= window_s) & (pl.col("a") != pl.col("b")))
+            both = pl.concat(
+                [
+                    nxt.filter(pl.col("a") % partitions == part).select(
+                        "a", "b", pl.col("wb").alias("covis")
+                    ),
+                    nxt.filter(pl.col("b") % partitions == part).select(
+                        pl.col("b").alias("a"), pl.col("a").alias("b"), pl.col("wa").alias("covis")
+                    ),
+                ]
+            ).select(pl.col("a").cast(_I), pl.col("b").cast(_I), pl.col("covis").cast(pl.Float32))
+            pairs = pl.concat([pairs, both]).group_by("a", "b").agg(pl.col("covis").sum())
+        top = pairs.sort(["a", "covis", "b"], descending=[False, True, False])
+        parts.append(top.filter(pl.int_range(pl.len()).over("a") < neighbours))
+    top = pl.concat(parts).sort(["a", "covis", "b"], descending=[False, True, False])
     return top.select(pl.col("a").cast(_I), pl.col("b").cast(_I), pl.col("covis").cast(pl.Float32))
 
 
@@ -198,14 +214,16 @@ def als_candidates(
     return _ranked(df.with_columns(pl.col("i").cast(_I)), k)
 
 
-def popular(events: pl.DataFrame, since: datetime, k: int) -> pl.DataFrame:
+def popular(events: pl.DataFrame | pl.LazyFrame, since: datetime, k: int) -> pl.DataFrame:
     """The k items with the largest sum of event weights at or after `since`: i, score, rank (one list)."""
     top = (
-        events.filter(pl.col("ts") >= since)
+        events.lazy()
+        .filter(pl.col("ts") >= since)
         .group_by("i")
         .agg(pl.col("w").sum().alias("score"))
         .sort(["score", "i"], descending=[True, False])
         .head(k)
+        .collect()
     )
     return top.select(
         pl.col("i").cast(_I),
@@ -214,18 +232,20 @@ def popular(events: pl.DataFrame, since: datetime, k: int) -> pl.DataFrame:
     )
 
 
-def category_table(events: pl.DataFrame, since: datetime, k: int) -> pl.DataFrame:
+def category_table(events: pl.DataFrame | pl.LazyFrame, since: datetime, k: int) -> pl.DataFrame:
     """cat, i, score: the k items of each category with the largest sum of event weights at or after `since`.
 
     events: u, i, w, ts, cat (String or Categorical; null = no category, left out).
     """
     return (
-        events.filter(pl.col("cat").is_not_null() & (pl.col("ts") >= since))
+        events.lazy()
+        .filter(pl.col("cat").is_not_null() & (pl.col("ts") >= since))
         .with_columns(pl.col("cat").cast(pl.String))
         .group_by("cat", "i")
         .agg(pl.col("w").sum().alias("score"))
         .sort(["cat", "score", "i"], descending=[False, True, False])
         .filter(pl.int_range(pl.len()).over("cat") < k)
+        .collect()
     )
 
 

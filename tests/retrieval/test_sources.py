@@ -82,3 +82,20 @@ def test_recent_ranks_heavy_fresh_events_first() -> None:
     ev = _ev([(0, 1, 1, 1), (0, 2, 4, 2), (0, 3, 1, 3)])
     got = src.recent(ev, pl.Series([0], dtype=pl.UInt32), 2, datetime(2024, 1, 2, tzinfo=UTC))
     assert got["i"].to_list() == [2, 3]  # the cart (weight 4) beats the later view; k = 2 drops item 1
+
+
+def test_covisitation_does_not_depend_on_the_partitions() -> None:
+    rng = np.random.default_rng(3)
+    n = 3_000
+    ev = pl.DataFrame(
+        {
+            "u": pl.Series(rng.integers(0, 60, n), dtype=pl.UInt32),
+            "i": pl.Series(rng.integers(0, 200, n), dtype=pl.Int32),
+            "w": pl.Series(rng.choice([1.0, 2.0, 4.0], n), dtype=pl.Float32),
+            "ts": [datetime(2024, 1, 1, int(h), tzinfo=UTC) for h in rng.integers(0, 24, n)],
+        }
+    )
+    whole = src.covisitation(ev, window_s=3 * 3600, neighbours=5)
+    assert whole.height > 200
+    for parts in (2, 7):
+        assert src.covisitation(ev, window_s=3 * 3600, neighbours=5, partitions=parts).equals(whole)
