@@ -349,11 +349,11 @@ class FactorizationMachine(LogisticRegression):
 def build_ranker(
     cfg: RankerConfig,
     layout: FieldLayout,
-    hist_field: str | None,
-    n_counts: int,
-    n_numeric: int,
-    text_dim: int,
-    image_dim: int,
+    hist_field: str | None = None,
+    n_counts: int = 0,
+    n_numeric: int = 0,
+    text_dim: int = 0,
+    image_dim: int = 0,
     *,
     seed: int | None = None,
 ) -> nn.Module:
@@ -364,7 +364,7 @@ def build_ranker(
     the hashed fields, counts and numeric only. With `seed` the initial weights are drawn from that seed
     without touching the global RNG.
 
-    >>> m = build_ranker(RankerConfig(), FieldLayout(("user", "item_id"), (5, 9)), "item_id", 0, 0, 0, 0, seed=0)
+    >>> m = build_ranker(RankerConfig(), FieldLayout(("user", "item_id"), (5, 9)), hist_field="item_id", seed=0)
     >>> m({"sparse": torch.tensor([[1, 2]]), "hist": torch.tensor([[3, 0]])}).shape
     torch.Size([1])
     """
@@ -421,7 +421,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     network's U/V/C/W parameters are plain tensors, not nn.Linear, and stay float32: only the MLP, the
     head and the modality projections are quantised. The input model is not modified.
 
-    >>> m = build_ranker(RankerConfig(), FieldLayout(("user", "item_id"), (5, 9)), "item_id", 0, 0, 0, 0, seed=0)
+    >>> m = build_ranker(RankerConfig(), FieldLayout(("user", "item_id"), (5, 9)), hist_field="item_id", seed=0)
     >>> type(quantize_int8(m).head).__module__.startswith("torch.ao.nn.quantized")
     True
     """

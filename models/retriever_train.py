@@ -197,7 +197,7 @@ def train_retriever(
     item_log_q: torch.Tensor | None,
     sampler: ItemSampler | None = None,
     catalogue: Batch | None = None,
-    progress: bool = True,
+    progress: bool = False,
 ) -> RetrieverTrainResult:
     """Train the two towers with InfoNCE and early stopping on `valid_fn`; returns the best state.
 

@@ -276,11 +276,64 @@ def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=enabled)
 
 
+def tensor_batches(
+    tensors: Batch, batch_size: int, *, shuffle: bool = False, seed: int = 0
+) -> Iterator[Batch]:
+    """Batches of `batch_size` rows (the last one smaller) of in-memory tensors that share their first
+    dimension, e.g. {"sparse": [n, F] int64, "label": [n] float32}; `shuffle` permutes the rows (seeded).
+
+    >>> [b["x"].tolist() for b in tensor_batches({"x": torch.arange(5)}, 2)]
+    [[0, 1], [2, 3], [4]]
+    """
+    if batch_size < 1:
+        raise ValueError(f"tensor_batches: batch_size={batch_size} must be >= 1")
+    sizes = {k: v.shape[0] for k, v in tensors.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"tensor_batches: the tensors have different numbers of rows {sizes}; align them")
+    n = next(iter(sizes.values()), 0)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else None
+    for lo in range(0, n, batch_size):
+        if order is None:
+            yield {k: v[lo : lo + batch_size] for k, v in tensors.items()}
+        else:
+            at = order[lo : lo + batch_size]
+            yield {k: v[at] for k, v in tensors.items()}
+
+
+def padded_batch(batch: Batch, rows: int) -> Batch:
+    """Each tensor of `batch` ([m, ...], m <= rows) padded to [rows, ...] by repeating its first row (one
+    forward shape for every chunk: scores then do not depend on how rows were chunked)."""
+    m = next(iter(batch.values())).shape[0]
+    if m == rows:
+        return batch
+    return {k: torch.cat([v, v[:1].expand(rows - m, *v.shape[1:])]) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, batches: Iterable[Batch], device: torch.device | str = "cpu", amp: bool = False
+) -> np.ndarray:
+    """Logits of a stream of batches in eval mode (labels not needed, ignored when present).
+    Returns [n] float32 numpy; apply a sigmoid for probabilities."""
+    device = torch.device(device)
+    inner = unwrap(model)
+    was_training = inner.training
+    inner.eval()
+    parts = []
+    for batch in batches:
+        b = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "label"}
+        with _autocast(device, amp and device.type == "cuda"):
+            parts.append(inner(b).float().cpu())
+    inner.train(was_training)
+    return torch.cat(parts).numpy() if parts else np.zeros(0, np.float32)
+
+
 @torch.no_grad()
 def predict_logits(
     model: nn.Module, batches: Iterable[Batch], device: torch.device | str, amp: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Scores a stream of batches in eval mode. Returns (logits [n] float32, labels [n] float32) as numpy."""
+    """Scores a stream of labelled batches in eval mode (validation). Returns (logits [n] float32, labels
+    [n] float32) as numpy; `predict` scores batches without labels."""
     device = torch.device(device)
     inner = unwrap(model)
     was_training = inner.training
@@ -357,8 +410,8 @@ def train_ranker(
     valid_batches: Callable[[], Iterable[Batch]],
     cfg: RankerConfig,
     seed: int,
-    device: torch.device | str,
-    progress: bool = True,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
     *,
     lazy_adam: bool = True,
     prefetch_batches: int = PREFETCH_BATCHES,
@@ -366,7 +419,9 @@ def train_ranker(
     """Trains `model` (from models.ranker.build_ranker) and returns the best state by validation AUC.
 
     train_batches / valid_batches: called once per epoch, each returns a fresh iterable of `Batch` dicts
-    (with "label" [B] float32); the caller shuffles and streams them. `seed` seeds dropout and any other
+    (with "label" [B] float32); the caller shuffles, batches and streams them (cfg.batch_size is what the
+    pipelines batch by; `tensor_batches` does it for in-memory tensors). The batch contract (keys, shapes,
+    dtypes) is in docs/ranking.md. `progress`: tqdm bars (off unless asked). `seed` seeds dropout and any other
     randomness of the loop through a forked RNG (the global RNG is left as it was), so on CPU two runs with
     the same seed, model and batches give the same weights. On CUDA with cfg.amp the forward runs under
     float16 autocast with a GradScaler. The best weights are loaded back into `model` before returning.

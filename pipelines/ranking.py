@@ -23,7 +23,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -47,7 +47,15 @@ from models.metrics import (
     sparse_fields,
 )
 from models.ranker import build_ranker, cross_matrices, quantize_int8
-from models.train import TrainResult, load_checkpoint, save_checkpoint, train_ranker, warm_start
+from models.train import (
+    TrainResult,
+    load_checkpoint,
+    padded_batch,
+    predict,
+    save_checkpoint,
+    train_ranker,
+    warm_start,
+)
 from pipelines import io
 from pipelines.batches import (
     BatchSpec,
@@ -239,17 +247,6 @@ def fit(
 
     result = train_ranker(model, train_batches, valid_batches, cfg, seed, device, progress=progress)
     return model, result, info
-
-
-@torch.no_grad()
-def predict(model: nn.Module, batches: Iterable[Batch], device: torch.device | str) -> np.ndarray:
-    """Logits of a stream of batches (labels not needed), eval mode. Returns [n] float32 numpy."""
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    parts = [model({k: v.to(device) for k, v in b.items()}).float().cpu() for b in batches]
-    model.train(was_training)
-    return torch.cat(parts).numpy() if parts else np.zeros(0, np.float32)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -783,14 +780,6 @@ def _score_frame(
         for chunk in chunks
     ]
     return _sigmoid(np.concatenate(parts) if parts else np.zeros(0, np.float32))
-
-
-def padded_batch(batch: Batch, rows: int) -> Batch:
-    """Each tensor of `batch` ([m, ...], m <= rows) padded to [rows, ...] by repeating its first row."""
-    m = next(iter(batch.values())).shape[0]
-    if m == rows:
-        return batch
-    return {k: torch.cat([v, v[:1].expand(rows - m, *v.shape[1:])]) for k, v in batch.items()}
 
 
 def _candidate_blocks(path: Path, users: pl.Series, block_users: int) -> Iterator[pl.DataFrame]:
