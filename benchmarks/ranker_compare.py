@@ -32,12 +32,13 @@ import torch
 
 from features.config import EmbeddingsConfig, FeaturesConfig, SamplingConfig
 from models.config import RankerConfig
+from models.device import resolve_device  # noqa: E402
 from pipelines import io
 from pipelines.adapters import import_obd
 from pipelines.config import Config, DataConfig, config_hash, config_to_dict
 from pipelines.embedding import embed_items
 from pipelines.frames import build_frames
-from pipelines.ranking import RankerData, evaluate_split, fit, prepare_data, resolve_device
+from pipelines.ranking import RankerData, evaluate_split, fit, prepare_data
 from pipelines.synthetic import PRESETS, generate
 
 log = logging.getLogger("ranker_compare")

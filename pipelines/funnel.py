@@ -42,12 +42,12 @@ import torch
 from features.config import EVENT_TYPES
 from features.funnel import FEATURES, item_table, pair_features
 from models.config import RankerConfig
+from models.device import resolve_device
 from models.inputs import FieldLayout
 from models.ranker import build_ranker
 from models.train import padded_batch, predict, save_checkpoint, train_ranker
 from pipelines import io
 from pipelines.config import FunnelConfig
-from pipelines.ranking import resolve_device
 from retrieval import sources as src
 from retrieval.baselines import als_available, als_recommend, fit_als
 from retrieval.metrics import list_metrics

@@ -36,6 +36,7 @@ from torch import nn
 
 from features.hashing import FieldSpec, Vocab, bucketize, strings_as_categorical
 from models.config import RankerConfig
+from models.device import resolve_device
 from models.inputs import Batch
 from models.metrics import (
     auc,
@@ -116,17 +117,6 @@ class RankerData:
     @property
     def image_dim(self) -> int:
         return self.content.image_dim if self.content is not None else 0
-
-
-def resolve_device(device: str) -> torch.device:
-    """ "auto" -> cuda when available else cpu; "cpu" / "cuda" as given (cuda without a GPU is an error)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(
-            f"device {device!r} asked for but CUDA is not available; fix: pass device 'cpu' or 'auto'"
-        )
-    return torch.device(device)
 
 
 def _frames_config(out: Path, dt: date) -> dict[str, Any]:

@@ -43,6 +43,7 @@ import torch
 from features.hashing import Vocab
 from features.sampling import UniformItemSampler, item_sampling_probs
 from models.config import RetrieverConfig
+from models.device import resolve_device
 from models.inputs import Batch
 from models.retriever_train import (
     ITEM_IDX,
@@ -329,13 +330,6 @@ def _valid_recall(inputs: RetrieverInputs, device: torch.device, k: int = VALID_
         return recall_at_k(top, inputs.valid_relevant, [k])[k]
 
     return score
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """The torch device of a config value: "auto" -> cuda when available, else cpu."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def fit(
