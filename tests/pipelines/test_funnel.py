@@ -89,7 +89,9 @@ def test_too_few_evaluation_users_say_so_instead_of_zero(data, tmp_path: Path) -
 def test_two_tower_hits_rank_as_if_the_exclusions_were_removed_first(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from pipelines.funnel import TWO_TOWER, _rerank, _two_tower_hits
+    from pipelines.funnel.evaluate import two_tower_hits
+    from pipelines.funnel.layout import TWO_TOWER
+    from pipelines.funnel.lists import rerank
 
     dt = date(2024, 3, 1)
     rng = np.random.default_rng(0)
@@ -109,8 +111,8 @@ def test_two_tower_hits_rank_as_if_the_exclusions_were_removed_first(tmp_path: P
     exclude = lists.sample(120, seed=1).select("u", "i")
     relevant = pl.concat([lists.sample(150, seed=2), lists.sample(100, seed=3)]).select("u", "i").unique()
     inp = SimpleNamespace(users=users, items=items)
-    got = _two_tower_hits(tmp_path, dt, inp, exclude, relevant)
-    naive = _rerank(lists.join(exclude, on=["u", "i"], how="anti"), "rank", False)
+    got = two_tower_hits(tmp_path, dt, inp, exclude, relevant)
+    naive = rerank(lists.join(exclude, on=["u", "i"], how="anti"), "rank", False)
     want = naive.join(relevant, on=["u", "i"], how="semi")
     assert got.height > 50
     assert got.sort("u", "i").equals(want.sort("u", "i"))
