@@ -1,0 +1,130 @@
+"""The ranker's inputs: frames of D streamed as batches (`RankerData`), the model built for them."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from torch import nn
+
+from features.hashing import Vocab
+from models.config import RankerConfig
+from models.ranker import build_ranker
+from pipelines import io
+from pipelines.batches import (
+    BatchSpec,
+    ItemContent,
+    load_item_content,
+    load_vocab,
+    spec_for,
+)
+from pipelines.ranking.layout import DEFAULT_HIST_LEN, EMBEDDINGS, FRAMES, SIDES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RankerData:
+    """Everything a ranker needs from one frames partition: files, vocab, batch spec and item content.
+
+    `content` is None when the embeddings partition of D is absent (or item content was turned off); the
+    model is then built without the text/image inputs.
+    """
+
+    train: Path
+    valid: Path
+    eval: Path | None
+    vocab: Vocab
+    spec: BatchSpec
+    content: ItemContent | None
+    hist_field: str | None
+
+    @property
+    def text_dim(self) -> int:
+        return self.content.text_dim if self.content is not None else 0
+
+    @property
+    def image_dim(self) -> int:
+        return self.content.image_dim if self.content is not None else 0
+
+
+def frames_config(out: Path, dt: date) -> dict[str, Any]:
+    """The resolved config stored beside frames/dt=D (empty when the run recorded none)."""
+    path = io.committed_path(out, FRAMES, dt, io.CONFIG_FILE)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _hist_len(out: Path, dt: date, users_or_examples: Path) -> int:
+    """features.history_len of the frames run, else the longest `hist` list of the file (at least 1)."""
+    n = frames_config(out, dt).get("features", {}).get("history_len")
+    if n is not None:
+        return int(n)
+    longest = pl.scan_parquet(users_or_examples).select(pl.col("hist").list.len().max()).collect().item()
+    return max(int(longest or 0), 1) if longest is not None else DEFAULT_HIST_LEN
+
+
+def item_id_field(vocab: Vocab) -> str | None:
+    """The item field hashed from item_id alone (its buckets fill `hist`), or None when there is none."""
+    hits = [f.name for f in vocab.fields if f.side == "item" and tuple(f.sources) == ("item_id",)]
+    return hits[0] if len(hits) == 1 else None
+
+
+def prepare_data(
+    out: Path, dt: date, *, item_content: bool = True, sides: tuple[str, ...] = SIDES
+) -> RankerData:
+    """Paths, vocab and the batch spec of the ranker files of frames/dt=D.
+
+    item_content: use the text/image embeddings of embeddings/dt=D when that partition is committed.
+    sides: vocab sides whose hashed fields enter the model (all three for the nightly ranker).
+    """
+    out = Path(out)
+    train = io.committed_path(out, FRAMES, dt, "ranker_train.parquet")
+    valid = io.committed_path(out, FRAMES, dt, "ranker_valid.parquet")
+    eval_path = io.partition_dir(out, FRAMES, dt) / "eval_ranker.parquet"
+    vocab = load_vocab(out, dt)
+    content = None
+    if item_content and io.is_committed(out, EMBEDDINGS, dt):
+        content = load_item_content(out, dt)
+    elif item_content:
+        log.warning("ranker dt=%s: embeddings/dt=%s is not committed; training without text/image", dt, dt)
+    schema = pl.read_parquet_schema(train)
+    spec = spec_for(
+        vocab,
+        schema,
+        sides,
+        hist_len=_hist_len(out, dt, train),
+        item_content=content is not None,
+        label=True,
+    )
+    hist_field = item_id_field(vocab) if spec.hist_len else None
+    if spec.hist_len and hist_field not in spec.fields:
+        hist_field = None  # no item_id field among the chosen sides: the history has no table to read
+        spec = BatchSpec(spec.fields, spec.counts, spec.numeric, 0, spec.item_content, spec.label)
+    return RankerData(
+        train=train,
+        valid=valid,
+        eval=eval_path if eval_path.is_file() else None,
+        vocab=vocab,
+        spec=spec,
+        content=content,
+        hist_field=hist_field,
+    )
+
+
+def build_model(cfg: RankerConfig, data: RankerData, seed: int) -> nn.Module:
+    """`models.ranker.build_ranker` with the widths of `data`'s batch spec."""
+    return build_ranker(
+        cfg,
+        data.spec.layout(data.vocab),
+        data.hist_field,
+        len(data.spec.counts),
+        len(data.spec.numeric),
+        data.text_dim,
+        data.image_dim,
+        seed=seed,
+    )

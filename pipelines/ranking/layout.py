@@ -1,0 +1,18 @@
+"""Names and settings shared by the ranker stages: datasets, files, block and chunk sizes."""
+
+DATASET = "ranker"
+SCORES = "scores"
+FRAMES = "frames"
+EMBEDDINGS = "embeddings"
+CANDIDATES = "two_tower"  # the retriever's lists (pipelines.retriever.CANDIDATES)
+MODEL_FILE = "model.pt"
+METRICS_FILE = "metrics.json"
+FUNNEL_FILE = "funnel.json"
+SIDES = ("user", "item", "cross")
+FUNNEL_K = 10
+POPULARITY_DAYS = 7
+IMPORTANCE_ROWS = 20_000  # rows of the permutation-importance sample
+SCORE_CHUNK = 8_192  # pairs per forward pass when scoring (same scores as 65,536; a tenth of the activations)
+# users whose candidates are featurised, scored and ranked together (memory follows the block)
+SCORE_BLOCK_USERS = 4_096
+DEFAULT_HIST_LEN = 10
