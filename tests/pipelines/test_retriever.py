@@ -229,16 +229,11 @@ def test_write_candidates_by_hand(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow  # shares the ~20 s module fixture
-def test_reading_train_pairs_in_parts_equals_reading_them_whole(
-    built: dict, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import pipelines.retriever as retriever
-
+def test_reading_train_pairs_in_parts_equals_reading_them_whole(built: dict) -> None:
     inputs = load_inputs(built["out"], built["dt"])
     path = io.committed_path(built["out"], "frames", built["dt"], "retriever_train.parquet")
     whole = compact_batch(to_batch(pl.read_parquet(path), inputs.user_spec))
-    monkeypatch.setattr(retriever, "TRAIN_READ_ROWS", 7)  # many parts, the last one short
-    parts = read_compact_batch(path, inputs.user_spec)
+    parts = read_compact_batch(path, inputs.user_spec, rows_per_part=7)  # many parts, the last one short
     assert whole.keys() == parts.keys() == inputs.train_users.keys()
     for k in whole:
         assert torch.equal(whole[k], parts[k]) and torch.equal(whole[k], inputs.train_users[k]), k
@@ -330,9 +325,8 @@ def test_drop_excluded_never_returns_an_excluded_item(args) -> None:
         assert kept == want  # the survivors, in their original order
 
 
-def test_evaluation_blocks_equal_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_evaluation_blocks_equal_one_block() -> None:
     """ranking_metrics and popularity_positions per block of users give the one-block results."""
-    import pipelines.retriever as retriever
     from retrieval.metrics import catalogue_coverage, metrics_at_k
 
     rng = np.random.default_rng(5)
@@ -351,10 +345,9 @@ def test_evaluation_blocks_equal_one_block(monkeypatch: pytest.MonkeyPatch) -> N
     exclude = sp.random(q, n, density=0.1, format="csr", random_state=1)
     counts = rng.integers(0, 50, n)
     pop_one = popularity_positions(counts, q, k, exclude)
-    monkeypatch.setattr(retriever, "EVAL_BLOCK_USERS", 4)  # 23 users: five full blocks and one of 3
-    got = ranking_metrics(ranked, relevant, n, ks)
+    got = ranking_metrics(ranked, relevant, n, ks, block_users=4)  # 23 users: five full blocks and one of 3
     assert got.keys() == want.keys()
     for key, value in want.items():
         assert got[key] == pytest.approx(value, abs=1e-6), key
-    assert np.array_equal(popularity_positions(counts, q, k, exclude), pop_one)
+    assert np.array_equal(popularity_positions(counts, q, k, exclude, block_users=4), pop_one)
     assert not np.isin(pop_one[0], exclude[0].indices).any()  # exclusions still dropped per block
