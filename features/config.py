@@ -83,3 +83,6 @@ class EmbeddingsConfig(_Frozen):
     image_model: str | None = None  # CLIP checkpoint (hub id or local dir); None -> colour/edge descriptor
     batch_size: int = Field(64, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_image_bytes: int = Field(20_000_000, ge=1)  # larger image files are never opened (20 MB)
+    max_image_pixels: int = Field(50_000_000, ge=1)  # larger images (width x height, from the header) are
+    # never decoded (50 megapixels)

@@ -11,19 +11,23 @@ This module is pure: it receives explicit file paths and never knows the folder 
 Integer ids are accepted (the IO layer casts them to string). Every check yields at most one `Problem`,
 a line naming the file, the column and the fix. Row checks run as lazy polars queries, one partition of
 events at a time, so memory is bounded by one day of events plus the id sets of users and items.
+
+Which files an image_path may name is decided by `pipelines.io` (the only module that knows paths); the
+caller passes that rule in as `image_check`, and this module turns what it rejects into warnings.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from features.config import EVENT_TYPES, ColumnsConfig
 
@@ -40,7 +44,19 @@ _READ_ERRORS: tuple[type[BaseException], ...] = (
     pl.exceptions.PolarsError,
     OSError,
     pl.exceptions.PanicException,
+    pa.ArrowException,
 )
+
+
+class PathRejection(Protocol):
+    """Why an image path is not opened (`pipelines.io.Rejection`): `"<n> image paths <reason>"`, the fix."""
+
+    reason: str
+    fix: str
+
+
+# distinct image_path values -> those that must not be opened, with why (pipelines.io.input_path_rejections)
+ImageCheck = Callable[[list[str]], Mapping[str, PathRejection]]
 
 
 # ---------------------------------------------------------------- report
@@ -320,6 +336,79 @@ def _corrupt(path: Path, err: BaseException) -> Problem:
     )
 
 
+def _is_utf8_error(err: BaseException) -> bool:
+    text = str(err).lower()
+    return "utf-8" in text or "utf8" in text
+
+
+def _invalid_utf8_in(arr: pa.Array) -> tuple[int, list[bytes]]:
+    """Values of a string/binary array that are not valid UTF-8: how many and the first few.
+
+    Arrow validates whole arrays; halves of an invalid array are validated again down to 64 values, and
+    only those few are decoded one by one. So the cost is a few validation passes, not a loop over rows.
+    """
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary.take(arr.indices)
+    large = pa.types.is_large_string(arr.type) or pa.types.is_large_binary(arr.type)
+    as_text = arr.view(pa.large_string() if large else pa.string())
+    try:
+        as_text.validate(full=True)
+        return 0, []
+    except pa.ArrowInvalid:
+        pass
+    if len(arr) <= 64:
+        bad = []
+        for value in arr.view(pa.large_binary() if large else pa.binary()).to_pylist():  # <= 64 values
+            try:
+                if value is not None:
+                    value.decode("utf-8")
+            except UnicodeDecodeError:
+                bad.append(value)
+        return len(bad), bad[:SAMPLE]
+    mid = len(arr) // 2
+    n1, s1 = _invalid_utf8_in(arr.slice(0, mid))
+    n2, s2 = _invalid_utf8_in(arr.slice(mid))
+    return n1 + n2, (s1 + s2)[:SAMPLE]
+
+
+def _utf8_problems(path: Path, columns: Sequence[str]) -> list[Problem]:
+    """One error per string column of `path` (among `columns`) holding values that are not valid UTF-8.
+
+    Parquet strings are UTF-8 by specification, but a writer may store other bytes under the string type;
+    readers then fail on the first such page. Each column is decoded alone; a failing one is read again
+    as raw bytes, one row group at a time, to count and quote the bad values.
+    """
+    out: list[Problem] = []
+    for c in columns:
+        try:
+            pl.scan_parquet(path).select(pl.col(c).null_count()).collect()
+            continue
+        except _READ_ERRORS as err:
+            if not _is_utf8_error(err):
+                continue  # another kind of damage: reported by the checks that read the file
+        n, sample = 0, []
+        try:
+            pf = pq.ParquetFile(path)
+            for g in range(pf.num_row_groups):  # one row group of one column in memory at a time
+                for chunk in pf.read_row_group(g, columns=[c]).column(0).chunks:
+                    k, found = _invalid_utf8_in(chunk)
+                    n, sample = n + k, (sample + found)[:SAMPLE]
+        except (pa.ArrowException, OSError):
+            pass
+        shown = f", e.g. {_sample_text(sorted(v[:40] for v in sample))}" if sample else ""
+        out.append(
+            Problem(
+                "error",
+                str(path),
+                c,
+                f"{n or 'some'} values are not valid UTF-8{shown}",
+                "write the text as UTF-8 (decode it from its real encoding, e.g. latin-1, before writing) "
+                "or set those values to null",
+            )
+        )
+    return out
+
+
 def _missing_column(path: Path, column: str, expected: str) -> Problem:
     return Problem(
         "error",
@@ -359,6 +448,7 @@ class _Table:
     schema: pl.Schema | None = None
     ids: pl.DataFrame | None = None  # distinct non-null ids as strings, one column named like the id
     corrupt: bool = False  # the footer could be read but not the rows
+    bad_text: set[str] = field(default_factory=set)  # string columns with values that are not UTF-8
 
 
 def _check_table(
@@ -384,6 +474,12 @@ def _check_table(
                 )
     if not _check_id_column(path, table.schema, id_col, problems):
         return table
+    text_cols = [id_col, *(ITEM_TEXT_COLUMNS if what == "items" else ())]
+    found = _utf8_problems(path, [c for c in text_cols if c in table.schema and _is_string(table.schema[c])])
+    problems.extend(found)
+    table.bad_text = {p.column for p in found if p.column is not None}
+    if id_col in table.bad_text:
+        return table
 
     ids = pl.scan_parquet(path).select(pl.col(id_col).cast(pl.String))
     dup = ids.drop_nulls().group_by(id_col).agg(pl.len().alias("n")).filter(pl.col("n") > 1)
@@ -405,6 +501,17 @@ def _check_table(
         return table
     rows, nulls = summary.row(0)
     stats[what] = rows
+    if rows == 0:
+        problems.append(
+            Problem(
+                "error",
+                str(path),
+                None,
+                f"no rows (0 {what}): every event would name an unknown {id_col.removesuffix('_id')}",
+                f"write one row per {id_col.removesuffix('_id')} (see docs/data-contract.md)",
+            )
+        )
+        return table  # no ids: the unknown-id checks of the events are skipped (one mistake, one line)
     if nulls:
         problems.append(
             Problem(
@@ -430,54 +537,84 @@ def _check_table(
     return table
 
 
-def _check_images(items_file: Path, data_root: Path, problems: list[Problem], stats: dict[str, Any]) -> None:
-    """Warn about image_path values that name no file under the data root.
+def _check_images(
+    items_file: Path, image_check: ImageCheck, problems: list[Problem], stats: dict[str, Any]
+) -> None:
+    """One warning per kind of image_path that will not be opened (absolute, outside the data folder,
+    missing, not a regular file, too large...; the kinds and their fixes come from `image_check`).
 
-    Each distinct folder named by the paths is listed once and the paths are anti-joined with the
-    listing, so the cost is one directory listing per folder, not one system call per item.
+    Null and blank paths mean "no image" and are not checked.
     """
     try:
         rel = (
             pl.scan_parquet(items_file)
             .select(pl.col("image_path").cast(pl.String))
             .drop_nulls()
+            .filter(pl.col("image_path").str.strip_chars() != "")
             .unique()
-            .with_columns(
-                parent=pl.col("image_path").str.extract(r"^(.*)/[^/]*$", 1).fill_null(""),
-                name=pl.col("image_path").str.extract(r"([^/]*)$", 1),
-            )
+            .sort("image_path")
             .collect()
         )
     except _READ_ERRORS as err:
         problems.append(_corrupt(items_file, err))
         return
-    listings = []
-    for parent in rel["parent"].unique().sort().to_list():  # one listing per distinct folder
-        folder = Path(data_root) / parent
-        try:
-            with os.scandir(folder) as entries:
-                names = [e.name for e in entries if e.is_file()]
-        except OSError:
-            names = []
-        listings.append(
-            pl.DataFrame(
-                {"parent": [parent] * len(names), "name": names}, schema=rel.select("parent", "name").schema
-            )
-        )
-    existing = pl.concat(listings) if listings else rel.select("parent", "name").clear()
-    missing = rel.join(existing, on=["parent", "name"], how="anti")
-    stats["images_checked"] = rel.height
-    stats["images_missing"] = missing.height
-    if missing.height:
-        sample = missing["image_path"].sort().head(SAMPLE).to_list()
+    paths = rel["image_path"].to_list()
+    rejected = image_check(paths)
+    by_kind: dict[tuple[str, str], list[str]] = {}
+    for path in paths:  # distinct paths, sorted: the samples quote the smallest
+        why = rejected.get(path)
+        if why is not None:
+            by_kind.setdefault((why.reason, why.fix), []).append(path)
+    stats["images_checked"] = len(paths)
+    stats["images_rejected"] = len(rejected)
+    for (reason, fix), bad in sorted(by_kind.items(), key=lambda kv: (-len(kv[1]), kv[0])):
         problems.append(
             Problem(
                 "warning",
                 str(items_file),
                 "image_path",
-                f"{missing.height} of {rel.height} image paths name no file under {data_root}, "
-                f"e.g. {_sample_text(sample)} (those items get no image embedding)",
-                "copy the images under the data root or set image_path to null",
+                f"{len(bad)} of {len(paths)} image paths {reason}, e.g. {_sample_text(bad[:SAMPLE])} "
+                "(those items get no image embedding; the files are never opened)",
+                fix,
+            )
+        )
+
+
+def _check_numeric(
+    path: Path, id_col: str, columns: Sequence[str], schema: pl.Schema, problems: list[Problem]
+) -> None:
+    """An error per float attribute column holding NaN or +-inf (nulls are fine: they mean "missing")."""
+    floats = [c for c in columns if c in schema and schema[c].is_float()]
+    if not floats:
+        return
+
+    def bad(c: str) -> pl.Expr:
+        return pl.col(c).is_nan() | pl.col(c).is_infinite()
+
+    scan = pl.scan_parquet(path)
+    try:
+        counts = scan.select(pl.len().alias("__rows"), *[bad(c).sum().alias(c) for c in floats]).collect()
+    except _READ_ERRORS:
+        return  # reported by the checks that read the ids
+    rows = counts["__rows"][0]
+    for c in floats:
+        n = counts[c][0]
+        if not n:
+            continue
+        sample = (
+            scan.filter(bad(c))
+            .select(pl.col(id_col).cast(pl.String).bottom_k(SAMPLE).sort())
+            .collect()[id_col]
+            .to_list()
+        )
+        problems.append(
+            Problem(
+                "error",
+                str(path),
+                c,
+                f"{n} NaN or infinite values out of {rows} rows, e.g. {id_col} {_sample_text(sample)}",
+                f"replace them with null (missing) or a finite number, e.g. "
+                f"pl.when(pl.col('{c}').is_finite()).then(pl.col('{c}'))",
             )
         )
 
@@ -568,6 +705,29 @@ def _scan_events(files: Sequence[Path]) -> pl.LazyFrame:
     )
 
 
+def _duplicate_sample(events: pl.LazyFrame) -> list[str]:
+    """A few exact duplicates of a partition, "(user_id, item_id, event, ts)", smallest first."""
+    return (
+        events.group_by(EVENT_COLUMNS)
+        .agg(pl.len().alias("n"))
+        .filter(pl.col("n") > 1)
+        .select(
+            pl.format(
+                "({}, {}, {}, {})",
+                "user_id",
+                "item_id",
+                "event",
+                pl.col("ts").dt.strftime("%Y-%m-%dT%H:%M:%S%.fZ"),
+            )
+            .bottom_k(SAMPLE)
+            .sort()
+        )
+        .collect()
+        .to_series()
+        .to_list()
+    )
+
+
 def _unknown_ids(events: pl.LazyFrame, column: str, known: pl.DataFrame) -> pl.LazyFrame:
     """One row: events whose `column` is not in `known`, and a sorted sample of those ids."""
     return (
@@ -592,6 +752,8 @@ def _partition_queries(
             pl.len().alias("rows"),
             *[pl.col(c).null_count().alias(f"null_{c}") for c in EVENT_COLUMNS],
             outside.sum().alias("outside"),
+            # exact duplicates: rows beyond the first of each (user_id, item_id, event, ts)
+            (pl.len() - pl.struct(EVENT_COLUMNS).n_unique()).alias("duplicates"),
         ),
         "outside": events.filter(outside).select(pl.col("ts").unique().bottom_k(SAMPLE).sort()),
         "events": events.filter(pl.col("event").is_not_null())
@@ -658,7 +820,8 @@ def _collect_partition(
         try:
             run([f])
         except _READ_ERRORS as err:
-            problems.append(_corrupt(f, err))
+            found = _utf8_problems(f, ["user_id", "item_id", "event"]) if _is_utf8_error(err) else []
+            problems.extend(found or [_corrupt(f, err)])
             continue
         good.append(f)
     if not good:
@@ -673,6 +836,7 @@ def _check_events(
     items: _Table,
     problems: list[Problem],
     stats: dict[str, Any],
+    run_date: date | None = None,
 ) -> None:
     if not event_files:
         if not events_dir.is_dir():
@@ -698,7 +862,7 @@ def _check_events(
         return
 
     per_file: dict[tuple[str, str | None, str, str], list[str]] = {}  # merges one problem over files
-    tallies = {k: _Tally() for k in ("outside", "unknown_user_id", "unknown_item_id")}
+    tallies = {k: _Tally() for k in ("outside", "unknown_user_id", "unknown_item_id", "duplicates")}
     tallies.update({f"null_{c}": _Tally() for c in EVENT_COLUMNS})
     bad_names: dict[str, int] = {}
     bad_places: list[tuple[date, list[Path]]] = []
@@ -715,10 +879,21 @@ def _check_events(
         for f in files:
             try:
                 schema = pl.read_parquet_schema(f)
+                n_rows = pq.read_metadata(f).num_rows
             except _READ_ERRORS as err:
                 problems.append(_corrupt(f, err))
                 continue
             found = _event_schema_problems(f, schema)
+            if n_rows == 0:
+                found.append(
+                    Problem(
+                        "warning",
+                        str(f),
+                        None,
+                        "no rows",
+                        "remove the empty event files, or write the events they should hold",
+                    )
+                )
             for p in found:
                 per_file.setdefault((p.level, p.column, p.message, p.fix), []).append(p.file)
             if not any(p.level == "error" for p in found):
@@ -739,6 +914,10 @@ def _check_events(
             if key in res:
                 n, sample = res[key].row(0)
                 tallies[key].add(n, sample, day, covered)
+        if summary["duplicates"]:  # rare: the sample is a second query over that partition only
+            tallies["duplicates"].add(
+                summary["duplicates"], _duplicate_sample(_scan_events(covered)), day, covered
+            )
         ev = res["events"]
         for name, n in ev.filter(pl.col("valid")).select("event", "n").iter_rows():  # <= 4 rows
             by_type[name] += n
@@ -800,6 +979,20 @@ def _check_events(
                     fix,
                 )
             )
+    t = tallies["duplicates"]
+    if t.rows:
+        file, where = t.where(events_dir)
+        problems.append(
+            Problem(
+                "warning",
+                file,
+                None,
+                f"{t.rows} exact duplicate events{where} (same user_id, item_id, event and ts), e.g. "
+                f"{_sample_text(t.sample)}; the pipeline keeps one of each",
+                "drop them where the events are exported (e.g. .unique())",
+            )
+        )
+    stats["duplicate_events"] = t.rows
     t = tallies["outside"]
     if t.rows:
         file, where = t.where(events_dir)
@@ -835,6 +1028,25 @@ def _check_events(
     stats["last_dt"] = max(event_files).isoformat()
     stats["events_by_partition"] = rows_by_day
     stats["events_by_type"] = by_type
+    # the run date must have events; a partition whose files could not be read is reported above
+    if run_date is not None and (
+        not event_files.get(run_date) or rows_by_day.get(run_date.isoformat(), -1) == 0
+    ):
+        why = (
+            "its partition holds no rows"
+            if event_files.get(run_date)
+            else "there is no partition of that day"
+        )
+        problems.append(
+            Problem(
+                "error",
+                str(events_dir),
+                None,
+                f"no events for the run date {run_date} ({why}; events span {stats['first_dt']} to "
+                f"{stats['last_dt']})",
+                "pass a run date that has events, or add the events of that day",
+            )
+        )
 
 
 # ---------------------------------------------------------------- entry point
@@ -848,6 +1060,9 @@ def validate_inputs(
     columns: ColumnsConfig,
     stray_event_dirs: Sequence[Path] = (),
     events_dir: Path | None = None,
+    *,
+    image_check: ImageCheck | None = None,
+    run_date: date | None = None,
 ) -> ValidationReport:
     """Check the inputs against the contract without modifying them.
 
@@ -856,10 +1071,14 @@ def validate_inputs(
     attribute columns (None lists are inferred). stray_event_dirs: entries of the events folder that are
     not partitions (reported as warnings). events_dir: the events folder, named in messages about
     several partitions and checked for existence when there is no partition (default: data_root).
+    image_check: which image paths may be opened (`pipelines.io.input_path_rejections` bound to the data
+    root and the size cap); None skips the image checks. run_date: a day that must have events (the day
+    a nightly run is for), or None.
 
     Every check yields at most one `Problem`. Event files with a schema error are left out of the row
     checks; events are checked one partition at a time with lazy polars queries. Unknown-id checks run
-    only when users/items could be read.
+    only when users/items could be read. Every string column the pipeline reads (ids, event, title,
+    image_path, categorical attributes) must be valid UTF-8; float attributes must be finite.
     """
     events_dir = Path(events_dir) if events_dir is not None else Path(data_root)
     problems: list[Problem] = []
@@ -881,16 +1100,23 @@ def validate_inputs(
         cat, num, notes = _resolve_side(side, table.schema, reserved, declared_cat, declared_num)
         resolved[f"{side}_categorical"], resolved[f"{side}_numeric"] = cat, num
         problems.extend(Problem(n.level, str(path), n.column, n.message, n.fix) for n in notes)
+        if table.ids is not None:  # the rows could be read: values of the attribute columns in use
+            texts = [c for c in cat if _is_string(table.schema[c])]
+            problems.extend(_utf8_problems(Path(path), texts))
+            id_col = reserved[0]
+            _check_numeric(Path(path), id_col, num, table.schema, problems)
 
     if (
-        items.schema is not None
+        image_check is not None
+        and items.schema is not None
         and "image_path" in items.schema
         and _is_string(items.schema["image_path"])
         and not items.corrupt
+        and "image_path" not in items.bad_text
     ):
-        _check_images(Path(items_file), Path(data_root), problems, stats)
+        _check_images(Path(items_file), image_check, problems, stats)
 
-    _check_events(event_files, events_dir, users, items, problems, stats)
+    _check_events(event_files, events_dir, users, items, problems, stats, run_date)
 
     if stray_event_dirs:
         names = ", ".join(Path(p).name for p in stray_event_dirs)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
@@ -156,15 +157,42 @@ class SentenceTextEncoder:
 # ---------------------------------------------------------------- images
 
 
-def decode_image(payload: bytes | None) -> Image.Image | None:
-    """File bytes -> RGB image, or None when there are no bytes or they are not a readable image."""
+_IMAGE_ERRORS = (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError)
+
+
+def image_pixels(payload: bytes | None) -> int | None:
+    """width x height read from the image header (nothing is decoded), or None when it is not an image.
+
+    >>> buf = io.BytesIO(); Image.new("RGB", (20, 30)).save(buf, format="PNG")
+    >>> image_pixels(buf.getvalue()), image_pixels(b"not an image")
+    (600, None)
+    """
     if payload is None:
         return None
     try:
-        with Image.open(io.BytesIO(payload)) as img:
-            img.load()  # decode now, so a truncated file fails here and not inside a batch
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        with warnings.catch_warnings():  # our own cap (max_pixels) replaces PIL's bomb warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(payload)) as img:
+                width, height = img.size
+    except _IMAGE_ERRORS:
+        return None
+    return int(width) * int(height)
+
+
+def decode_image(payload: bytes | None, *, max_pixels: int | None = None) -> Image.Image | None:
+    """File bytes -> RGB image, or None when there are no bytes, they are not a readable image, or the
+    header announces more than `max_pixels` pixels (checked before anything is decoded)."""
+    if payload is None:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(payload)) as img:
+                if max_pixels is not None and img.size[0] * img.size[1] > max_pixels:
+                    return None
+                img.load()  # decode now, so a truncated file fails here and not inside a batch
+                return img.convert("RGB")
+    except _IMAGE_ERRORS:
         return None
 
 

@@ -5,7 +5,8 @@
         text_emb   Array[Float32, Dt]  L2-normalised; zeros when has_text is False
         image_emb  Array[Float32, Di]  L2-normalised; zeros when has_image is False
         has_text   bool                the title is present and non-blank
-        has_image  bool                the image file exists and decodes
+        has_image  bool                the image file may be read (pipelines.io rules), is at most
+                                       embeddings.max_image_pixels pixels and decodes
 
 An embedding is a pure function of (model id, content), so the cache is keyed by the model id and the
 SHA-256 of the content (the title text; the image file's bytes): a changed title or image gets a new hash and
@@ -35,6 +36,7 @@ from features.embeddings import (
     decode_image,
     encode_batched,
     image_model_id,
+    image_pixels,
     text_model_id,
 )
 from pipelines import io
@@ -199,22 +201,28 @@ def _embed_images(
     paths = _optional_strings(items, IMAGE_COL, "image")
 
     def file_hash(rel: str) -> str | None:
-        payload = io.read_input_file(data_dir, rel)
+        payload = io.read_input_file(data_dir, rel, max_bytes=cfg.max_image_bytes)
         return None if payload is None else content_hash(payload)
 
     item_hash = _hash_distinct(paths, file_hash)  # null: no path or no file
     by_hash = pl.DataFrame({"content_hash": item_hash, "path": paths}).drop_nulls().unique("content_hash")
+
+    too_big: set[str] = set()  # content hashes of images over cfg.max_image_pixels
 
     def inputs_of(hashes: list[str]) -> list[Any | None]:
         wanted = pl.DataFrame({"content_hash": hashes})
         rels = wanted.join(by_hash, on="content_hash", how="left", maintain_order="left")["path"].to_list()
         images = []
         for h, rel in zip(hashes, rels, strict=True):  # one file read per distinct image: IO, not row logic
-            payload = io.read_input_file(data_dir, rel)
+            payload = io.read_input_file(data_dir, rel, max_bytes=cfg.max_image_bytes)
             if payload is not None and content_hash(payload) != h:
                 log.warning("%s changed while the stage ran; it is skipped this run", rel)
                 payload = None
-            images.append(decode_image(payload))
+            pixels = image_pixels(payload)
+            if pixels is not None and pixels > cfg.max_image_pixels:  # from the header: never decoded
+                too_big.add(h)
+                payload = None
+            images.append(decode_image(payload, max_pixels=cfg.max_image_pixels))
         return images
 
     emb, ok, dim, counts, failed = _resolve(
@@ -228,16 +236,29 @@ def _embed_images(
         progress,
     )
     no_file = paths.is_not_null() & item_hash.is_null()
-    corrupt = item_hash.is_in(pl.Series(sorted(failed), dtype=pl.String).implode()).fill_null(False)
+    corrupt = item_hash.is_in(pl.Series(sorted(failed - too_big), dtype=pl.String).implode()).fill_null(False)
+    oversized = item_hash.is_in(pl.Series(sorted(too_big), dtype=pl.String).implode()).fill_null(False)
     counts["missing"] = int((item_hash.is_null()).sum())
     counts["missing_file"] = int(no_file.sum())
     counts["corrupt"] = int(corrupt.sum())
+    counts["too_many_pixels"] = int(oversized.sum())
     if counts["missing_file"]:
         log.warning(
-            "%d items name an image file that does not exist under %s, e.g. %s: zero image_emb",
+            "%d items name an image that is not read (missing, outside %s, not a regular file or over "
+            "embeddings.max_image_bytes; `recsys validate` says which), e.g. %s: zero image_emb",
             counts["missing_file"],
             data_dir,
             _sample(paths.filter(no_file)),
+        )
+    if counts["too_many_pixels"]:
+        log.warning(
+            "%s: column image_path: %d images are larger than embeddings.max_image_pixels=%d "
+            "(width x height from the header; never decoded), e.g. %s: zero image_emb; fix: downscale them "
+            "or raise embeddings.max_image_pixels",
+            io.items_path(data_dir),
+            counts["too_many_pixels"],
+            cfg.max_image_pixels,
+            _sample(paths.filter(oversized)),
         )
     if counts["corrupt"]:
         log.warning(

@@ -5,12 +5,14 @@ Inputs (the data contract, docs/data-contract.md)::
     <data>/events/dt=YYYY-MM-DD/*.parquet
     <data>/users.parquet
     <data>/items.parquet
+    <data>/<image_path>                            files named by items.image_path, confined to <data>
 
 Outputs::
 
     <out>/<dataset>/dt=YYYY-MM-DD/<name>.parquet   (plus model files, _config.json)
     <out>/<dataset>/dt=YYYY-MM-DD/_manifest.json   (written last: a partition without it is not committed)
     <out>/<dataset>/_latest.json                   (newest complete date, replaced atomically)
+    <out>/.locks/dt=YYYY-MM-DD.lock                (held while a run of that date writes; pipelines.lock)
 
 A partition is staged whole in `<out>/.staging/<dataset>/dt=...-<run>/` and committed by renames: the
 old partition (if any) is moved to `<out>/.staging/<dataset>/replaced-dt=...-<run>/`, the staged one takes
@@ -28,9 +30,11 @@ import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -40,6 +44,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from features.config import EmbeddingsConfig
+
 log = logging.getLogger(__name__)
 
 EVENTS_DIR = "events"
@@ -48,6 +54,7 @@ ITEMS_FILE = "items.parquet"
 MANIFEST = "_manifest.json"
 CONFIG_FILE = "_config.json"
 LATEST = "_latest.json"
+LOCKS_DIR = ".locks"
 _DT_RE = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
 
 
@@ -71,8 +78,18 @@ def event_partition_dir(data: Path, dt: date) -> Path:
 
 
 def image_file(data: Path, rel: str) -> Path:
-    """Resolve an items.image_path value (relative to the data root)."""
-    return Path(data) / rel
+    """The file an items.image_path value names: `<data>/<rel>`, symbolic links resolved.
+
+    Raises ValueError when `rel` is not a normalised relative path or resolves outside `data` (see
+    `input_path_rejections`); the file itself is neither checked nor opened.
+    """
+    bad = _lexical_rejection(rel)
+    if bad is None:
+        resolved = Path(os.path.realpath(Path(data) / rel))
+        if _inside(str(resolved), os.path.realpath(data)):
+            return resolved
+        bad = OUTSIDE
+    raise ValueError(f"{data}: image path {rel!r} is refused (paths that {bad.reason}); fix: {bad.fix}")
 
 
 def event_files(data: Path) -> dict[date, list[Path]]:
@@ -127,22 +144,28 @@ def _ids_as_string(lf: pl.LazyFrame, cols: tuple[str, ...]) -> pl.LazyFrame:
 
 
 def scan_events(data: Path, start: date, end: date) -> pl.LazyFrame:
-    """Lazy scan of events with start <= dt <= end: user_id, item_id (strings), event, ts (UTC), dt (Date)."""
+    """Lazy scan of events with start <= dt <= end: user_id, item_id (strings), event, ts (UTC), dt (Date).
+
+    Exact duplicates (same user_id, item_id, event and ts after those casts) are kept once, first
+    occurrence first (validation warns about them). They are removed one partition at a time, so memory
+    follows one day of events; events of one ts share the partition of its UTC date.
+    """
     frames = []
     for dt, files in event_files(data).items():
         if not (start <= dt <= end):
             continue
-        for f in files:
-            lf = _ids_as_string(pl.scan_parquet(f), _ID_COLS)
-            frames.append(
-                lf.select(
-                    "user_id",
-                    "item_id",
-                    "event",
-                    pl.col("ts").cast(pl.Datetime("us", "UTC")),
-                    pl.lit(dt).alias("dt"),
-                )
+        day = [
+            _ids_as_string(pl.scan_parquet(f), _ID_COLS).select(
+                "user_id",
+                "item_id",
+                "event",
+                pl.col("ts").cast(pl.Datetime("us", "UTC")),
+                pl.lit(dt).alias("dt"),
             )
+            for f in files
+        ]
+        if day:
+            frames.append(pl.concat(day, how="vertical").unique(keep="first", maintain_order=True))
     if not frames:
         return pl.LazyFrame(
             schema={
@@ -186,11 +209,18 @@ def write_input_events(data: Path, dt: date, df: pl.DataFrame, part: str = "part
 
 
 def write_input_file(data: Path, rel: str, payload: bytes) -> Path:
-    """Write a file referenced by the inputs (e.g. a product image) under the data root."""
-    target = Path(data) / rel
+    """Write a file referenced by the inputs (e.g. a product image) under the data root.
+
+    `rel` must be a normalised relative path that stays inside `data` (ValueError otherwise), so a
+    generator or importer cannot write what the pipeline would refuse to read.
+    """
+    bad = _lexical_rejection(rel)
+    if bad is not None:
+        raise ValueError(f"{data}: cannot write {rel!r} (paths that {bad.reason}); fix: {bad.fix}")
+    target = image_file(data, rel)  # links resolved: a linked folder or file must still be inside data
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(payload)
-    return target
+    return Path(data) / rel
 
 
 # ---------------------------------------------------------------- run metadata
@@ -468,6 +498,11 @@ def clean_staging(out: Path, dataset: str) -> int:
     return n
 
 
+def lock_path(out: Path, dt: date) -> Path:
+    """The lock file of the runs of date `dt` writing to `out` (see `pipelines.lock`)."""
+    return Path(out) / LOCKS_DIR / f"dt={dt.isoformat()}.lock"
+
+
 def write_latest(out: Path, dataset: str, dt: date, extra: dict[str, Any] | None = None) -> None:
     write_json_atomic(dataset_dir(out, dataset) / LATEST, {"dt": dt.isoformat(), **(extra or {})})
 
@@ -502,13 +537,166 @@ def write_report_file(out: Path, dt: date, name: str, payload: bytes | str) -> P
 EMBEDDING_CACHE_DIR = "_cache"
 
 
-def read_input_file(data: Path, rel: str) -> bytes | None:
-    """Bytes of a file referenced by the inputs (e.g. items.image_path), or None when it does not exist."""
-    path = image_file(data, rel)
-    try:
-        return path.read_bytes()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+MAX_INPUT_FILE_BYTES: int = EmbeddingsConfig.model_fields["max_image_bytes"].default
+
+
+def read_input_file(data: Path, rel: str, *, max_bytes: int = MAX_INPUT_FILE_BYTES) -> bytes | None:
+    """Bytes of a file referenced by the inputs (e.g. items.image_path), or None when it must not be read.
+
+    None when `rel` is rejected by the rules of `input_path_rejections` (not relative and normalised,
+    outside `data` once links are resolved, missing, not a regular file, over `max_bytes`). The type and
+    size are checked with stat before the file is opened, so a named pipe or a device is never opened;
+    they are checked again on the open descriptor, and at most `max_bytes` + 1 bytes are read.
+    """
+    found = _confined_file(data, rel, max_bytes)
+    if isinstance(found, Rejection):
         return None
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(found, flags)
+    except OSError:  # replaced by a link or removed since the stat: treated like a missing file
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+            return None
+        payload = fh.read(max_bytes + 1)
+    return payload if len(payload) <= max_bytes else None
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a path named by the inputs is never opened: what such paths do (`"<n> image paths <reason>"`)
+    and the fix."""
+
+    reason: str
+    fix: str
+
+
+ABSOLUTE = Rejection("are absolute", "write paths relative to the data folder, e.g. images/123.jpg")
+PARENT = Rejection("have '..' parts", "write paths inside the data folder without '..', e.g. images/123.jpg")
+NOT_NORMALISED = Rejection(
+    "are not normalised (empty, '.' or '//' parts, a trailing '/', backslashes or control characters)",
+    "write normalised relative paths with / separators, e.g. images/123.jpg",
+)
+OUTSIDE = Rejection(
+    "resolve outside the data folder through a symbolic link",
+    "copy those files into the data folder instead of linking to them",
+)
+MISSING = Rejection("name no file", "copy the images under the data folder or set image_path to null")
+NOT_REGULAR = Rejection(
+    "name something other than a regular file (a folder, a named pipe, a device or a socket)",
+    "point image_path at image files or set it to null",
+)
+
+
+def too_large(max_bytes: int) -> Rejection:
+    return Rejection(
+        f"name files larger than embeddings.max_image_bytes={max_bytes}",
+        "shrink those images or raise embeddings.max_image_bytes",
+    )
+
+
+_UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")  # control characters and backslashes
+
+
+def _lexical_rejection(rel: str) -> Rejection | None:
+    """The rules a path must meet before the file system is asked anything.
+
+    >>> [_lexical_rejection(p) is None for p in ("images/1.jpg", "a/../b", "/etc/passwd", "a//b", "")]
+    [True, False, False, False, False]
+    """
+    if rel.startswith("/"):
+        return ABSOLUTE
+    parts = rel.split("/")
+    if ".." in parts:
+        return PARENT
+    if _UNSAFE_CHARS.search(rel) or any(p in ("", ".") for p in parts):
+        return NOT_NORMALISED
+    return None
+
+
+def _inside(real: str, root: str) -> bool:
+    """True when the resolved path `real` is `root` or below it (both from os.path.realpath)."""
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _file_rejection(st: os.stat_result, max_bytes: int) -> Rejection | None:
+    if not stat.S_ISREG(st.st_mode):
+        return NOT_REGULAR
+    if st.st_size > max_bytes:
+        return too_large(max_bytes)
+    return None
+
+
+def _confined_file(data: Path, rel: str, max_bytes: int) -> str | Rejection:
+    """The resolved path of one input file that may be opened, or why it may not (stat only)."""
+    bad = _lexical_rejection(rel)
+    if bad is not None:
+        return bad
+    real = os.path.realpath(Path(data) / rel)
+    if not _inside(real, os.path.realpath(data)):
+        return OUTSIDE
+    try:
+        st = os.stat(real)
+    except OSError:
+        return MISSING
+    return _file_rejection(st, max_bytes) or real
+
+
+def input_path_rejections(
+    data: Path, rels: Iterable[str], *, max_bytes: int = MAX_INPUT_FILE_BYTES
+) -> dict[str, Rejection]:
+    """The paths among `rels` (items.image_path values, relative to `data`) that must not be opened.
+
+    A path may be opened when it is relative and normalised (no leading '/', no '..', '.' or empty parts,
+    '/' separators, no control characters), resolves inside `data` once symbolic links are resolved,
+    names a regular file (not a folder, named pipe, device or socket) and that file has at most
+    `max_bytes` bytes. Nothing is opened here: each distinct folder is resolved and listed once, then
+    each listed file is stat-ed (a link is resolved first). `read_input_file` applies the same rules to
+    one path.
+    """
+    root = os.path.realpath(data)
+    rejected: dict[str, Rejection] = {}
+    by_folder: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for rel in rels:
+        bad = _lexical_rejection(rel)
+        if bad is not None:
+            rejected[rel] = bad
+            continue
+        folder, _, name = rel.rpartition("/")
+        by_folder[folder].append((rel, name))
+    for folder, members in sorted(by_folder.items()):  # one resolution and listing per distinct folder
+        real = os.path.realpath(Path(data) / folder)
+        if not _inside(real, root):
+            rejected.update((rel, OUTSIDE) for rel, _ in members)
+            continue
+        try:
+            with os.scandir(real) as it:
+                entries = {e.name: e for e in it}
+        except OSError:
+            entries = {}
+        for rel, name in members:  # one stat per named file that exists: IO, not row logic
+            entry = entries.get(name)
+            if entry is None:
+                rejected[rel] = MISSING
+                continue
+            try:
+                if entry.is_symlink():
+                    target = os.path.realpath(entry.path)
+                    if not _inside(target, root):
+                        rejected[rel] = OUTSIDE
+                        continue
+                    st = os.stat(target)
+                else:
+                    st = entry.stat(follow_symlinks=False)
+            except OSError:
+                rejected[rel] = MISSING
+                continue
+            bad = _file_rejection(st, max_bytes)
+            if bad is not None:
+                rejected[rel] = bad
+    return rejected
 
 
 def _model_slug(model_id: str) -> str:

@@ -9,15 +9,19 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from features.config import ColumnsConfig
 from features.contract import Problem, ValidationReport, infer_columns, validate_inputs
+from pipelines import io
 
 D1, D2 = date(2024, 3, 1), date(2024, 3, 2)
 
@@ -99,6 +103,7 @@ class Data:
             self.root,
             columns or ColumnsConfig(),
             events_dir=self.events_dir,
+            image_check=partial(io.input_path_rejections, self.root),
         )
 
 
@@ -137,7 +142,7 @@ def test_valid_data_set_passes(data: Data) -> None:
     assert report.stats["events_by_type"] == {"view": 1, "click": 1, "cart": 1, "purchase": 1}
     assert (report.stats["users"], report.stats["items"]) == (3, 2)
     # one non-null image path (img/i1.jpg), which exists
-    assert (report.stats["images_checked"], report.stats["images_missing"]) == (1, 0)
+    assert (report.stats["images_checked"], report.stats["images_rejected"]) == (1, 0)
     assert report.inferred == ColumnsConfig(
         user_categorical=["gender"], user_numeric=["age"], item_categorical=["brand"], item_numeric=["price"]
     )
@@ -507,12 +512,17 @@ def test_missing_images_are_a_warning(data: Data) -> None:
     items.write_parquet(data.items)
     report = data.validate()
     assert report.ok
+    # i2.jpg and other/i3.jpg do not exist; "img" is a folder, not a file: two kinds, two lines
     assert [p.line() for p in report.warnings] == [
-        f"warning: {data.items}: column image_path: 3 of 4 image paths name no file under {data.root}, "
-        "e.g. ['img', 'img/i2.jpg', 'other/i3.jpg'] (those items get no image embedding); "
-        "fix: copy the images under the data root or set image_path to null"
+        f"warning: {data.items}: column image_path: 2 of 4 image paths name no file, "
+        "e.g. ['img/i2.jpg', 'other/i3.jpg'] (those items get no image embedding; the files are never "
+        "opened); fix: copy the images under the data folder or set image_path to null",
+        f"warning: {data.items}: column image_path: 1 of 4 image paths name something other than a "
+        "regular file (a folder, a named pipe, a device or a socket), e.g. ['img'] (those items get no "
+        "image embedding; the files are never opened); fix: point image_path at image files or set it to "
+        "null",
     ]
-    assert report.stats["images_missing"] == 3
+    assert report.stats["images_rejected"] == 3
 
 
 def test_stray_event_dirs_are_a_warning(data: Data) -> None:
@@ -661,15 +671,162 @@ def test_real_fashion_catalogue(shared_data: Path, tmp_path: Path) -> None:
     missing = styles.height - len(with_image)
 
     report = validate_inputs(
-        data.users, data.items, data.event_files(), src, ColumnsConfig(), events_dir=data.events_dir
+        data.users,
+        data.items,
+        data.event_files(),
+        src,
+        ColumnsConfig(),
+        events_dir=data.events_dir,
+        image_check=partial(io.input_path_rejections, src),
     )
 
     assert report.ok, report.lines()
     assert report.stats["images_checked"] == styles.height
-    assert report.stats["images_missing"] == missing
+    assert report.stats["images_rejected"] == missing
     assert [p.column for p in report.warnings] == ["image_path"]
     assert report.warnings[0].message.startswith(f"{missing} of {styles.height} image paths name no file")
     # every CSV text column is categorical; year (integer) is numeric
     text_cols = [c for c, t in styles.schema.items() if t == pl.String and c != "productDisplayName"]
     assert report.inferred.item_categorical == text_cols
     assert report.inferred.item_numeric == ["year"]
+
+
+# ---------------------------------------------------------------- values: finiteness, UTF-8, duplicates
+
+
+def _with_bad_utf8(df: pl.DataFrame, column: str, bad: dict[int, bytes]) -> pa.Table:
+    """df as an Arrow table whose string `column` holds the raw bytes `bad` at the given rows (what a writer
+    that does not check its text produces: a Parquet string column that is not UTF-8)."""
+    values = [v.encode() if v is not None else None for v in df[column].to_list()]
+    for row, raw in bad.items():
+        values[row] = raw
+    table = df.to_arrow()
+    raw_col = pa.array(values, type=pa.binary()).view(pa.string())  # no validation
+    return table.set_column(table.schema.get_field_index(column), column, raw_col)
+
+
+def test_nan_and_inf_in_numeric_attributes(data: Data) -> None:
+    _items().with_columns(price=pl.Series([float("nan"), 20.0])).write_parquet(data.items)
+    _users().with_columns(score=pl.Series([1.0, float("inf"), -float("inf")])).write_parquet(data.users)
+    report = data.validate()
+    # i1's price is NaN; u2 and u3 have an infinite score (the column is inferred numeric)
+    assert sorted(p.line() for p in report.errors) == [
+        f"error: {data.items}: column price: 1 NaN or infinite values out of 2 rows, e.g. item_id ['i1']; "
+        "fix: replace them with null (missing) or a finite number, e.g. "
+        "pl.when(pl.col('price').is_finite()).then(pl.col('price'))",
+        f"error: {data.users}: column score: 2 NaN or infinite values out of 3 rows, e.g. user_id "
+        "['u2', 'u3']; fix: replace them with null (missing) or a finite number, e.g. "
+        "pl.when(pl.col('score').is_finite()).then(pl.col('score'))",
+    ]
+    # a null is a missing value, and a negative number is a number: neither is an error
+    _items().with_columns(price=pl.Series([None, -3.0])).write_parquet(data.items)
+    _users().write_parquet(data.users)
+    assert data.validate().ok
+
+
+def test_invalid_utf8_in_title_and_attributes(data: Data) -> None:
+    table = _with_bad_utf8(_items(), "title", {0: b"caf\xe9 shoe"})  # latin-1 bytes, not UTF-8
+    pq.write_table(_with_bad_utf8(pl.from_arrow(table), "brand", {1: b"\xff\xfe"}), data.items)
+    report = data.validate()
+    assert sorted(p.line() for p in report.errors) == [
+        f"error: {data.items}: column brand: 1 values are not valid UTF-8, e.g. [b'\\xff\\xfe']; fix: write "
+        "the text as UTF-8 (decode it from its real encoding, e.g. latin-1, before writing) or set those "
+        "values to null",
+        f"error: {data.items}: column title: 1 values are not valid UTF-8, e.g. [b'caf\\xe9 shoe']; fix: "
+        "write the text as UTF-8 (decode it from its real encoding, e.g. latin-1, before writing) or set "
+        "those values to null",
+    ]
+
+
+def test_invalid_utf8_counted_over_many_rows(tmp_path: Path) -> None:
+    # 1,000 titles, rows 3, 500 and 999 are not UTF-8: all three are found, the smallest quoted first
+    df = pl.DataFrame({"item_id": [f"i{k}" for k in range(1000)], "title": [f"t{k}" for k in range(1000)]})
+    path = tmp_path / "items.parquet"
+    pq.write_table(_with_bad_utf8(df, "title", {3: b"\xe9a", 500: b"\xe9b", 999: b"\xc3"}), path)
+    from features.contract import _utf8_problems
+
+    (problem,) = _utf8_problems(path, ["item_id", "title"])
+    assert problem.column == "title"
+    assert problem.message == "3 values are not valid UTF-8, e.g. [b'\\xc3', b'\\xe9a', b'\\xe9b']"
+
+
+def test_invalid_utf8_in_an_event_file(data: Data) -> None:
+    pq.write_table(_with_bad_utf8(_events_d2(), "item_id", {0: b"i\xff"}), data.part(D2))
+    report = data.validate()
+    assert _only_error(report).startswith(
+        f"error: {data.part(D2)}: column item_id: 1 values are not valid UTF-8, e.g. [b'i\\xff']; fix: "
+    )
+
+
+def test_binary_title_is_a_type_error(data: Data) -> None:
+    table = _items().to_arrow()
+    titles = pa.array([b"Red shoe", None], type=pa.large_binary())
+    pq.write_table(table.set_column(table.schema.get_field_index("title"), "title", titles), data.items)
+    assert _only_error(data.validate()) == (
+        f"error: {data.items}: column title: has type Binary, expected a nullable string; "
+        "fix: cast title to string, e.g. pl.col('title').cast(pl.String)"
+    )
+
+
+def test_exact_duplicate_events_are_a_warning(data: Data) -> None:
+    # d1 holds its 3 events, the first of them twice more, in a second file: 2 extra rows
+    data.write_events(D1, _events_d1().head(1).vstack(_events_d1().head(1)), name="p1")
+    report = data.validate()
+    assert report.ok
+    assert [p.line() for p in report.warnings] == [
+        f"warning: {data.events_dir}: 2 exact duplicate events in partition 2024-03-01 (same user_id, "
+        "item_id, event and ts), e.g. ['(u1, i1, view, 2024-03-01T08:00:00Z)']; the pipeline keeps one of "
+        "each; fix: drop them where the events are exported (e.g. .unique())"
+    ]
+    assert report.stats["duplicate_events"] == 2
+
+
+def test_zero_row_event_file_is_a_warning(data: Data) -> None:
+    empty = data.write_events(D1, _events_d1().clear(), name="p1")
+    report = data.validate()
+    assert report.ok
+    assert [p.line() for p in report.warnings] == [
+        f"warning: {empty}: no rows; fix: remove the empty event files, or write the events they should hold"
+    ]
+
+
+def test_users_file_without_rows(data: Data) -> None:
+    _users().clear().write_parquet(data.users)
+    # one line: the unknown-user check of the events is skipped, since every user would be unknown
+    assert _only_error(data.validate()) == (
+        f"error: {data.users}: no rows (0 users): every event would name an unknown user; "
+        "fix: write one row per user (see docs/data-contract.md)"
+    )
+
+
+def test_run_date_must_have_events(data: Data) -> None:
+    def check(run_date: date) -> ValidationReport:
+        return validate_inputs(
+            data.users,
+            data.items,
+            data.event_files(),
+            data.root,
+            ColumnsConfig(),
+            events_dir=data.events_dir,
+            run_date=run_date,
+        )
+
+    assert check(D1).ok and check(D2).ok
+    assert _only_error(check(date(2024, 3, 5))) == (
+        f"error: {data.events_dir}: no events for the run date 2024-03-05 (there is no partition of that "
+        "day; events span 2024-03-01 to 2024-03-02); fix: pass a run date that has events, or add the "
+        "events of that day"
+    )
+    data.part(D2).unlink()
+    data.write_events(D2, _events_d2().clear())  # the partition of D2 holds one file without rows
+    report = check(D2)
+    assert _only_error(report).startswith(
+        f"error: {data.events_dir}: no events for the run date 2024-03-02 (its partition holds no rows; "
+    )
+    assert [p.message for p in report.warnings] == ["no rows"]
+
+
+def test_blank_image_path_means_no_image(data: Data) -> None:
+    _items().with_columns(image_path=pl.Series(["img/i1.jpg", "  "])).write_parquet(data.items)
+    report = data.validate()
+    assert report.problems == () and report.stats["images_checked"] == 1

@@ -23,6 +23,7 @@ from features.embeddings import (
     decode_image,
     encode_batched,
     image_model_id,
+    image_pixels,
     l2_normalise,
     packaged_model_path,
     resolve_device,
@@ -80,6 +81,13 @@ def test_decode_image_good_corrupt_truncated_missing() -> None:
     assert decode_image(b"definitely not an image") is None
     assert decode_image(good[: len(good) // 2]) is None  # truncated PNG
     assert decode_image(None) is None
+
+
+def test_pixel_cap_is_read_from_the_header() -> None:
+    good = png_bytes(solid((10, 20, 30), (5, 4)))  # 5 x 4 = 20 pixels
+    assert image_pixels(good) == 20 and image_pixels(b"not an image") is None and image_pixels(None) is None
+    assert decode_image(good, max_pixels=20) is not None
+    assert decode_image(good, max_pixels=19) is None
 
 
 def test_resolve_device() -> None:

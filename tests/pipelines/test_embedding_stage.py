@@ -200,6 +200,43 @@ def test_items_without_title_or_image_columns(
     assert float(np.abs(df["text_emb"].to_numpy()).sum()) == 0.0
 
 
+def test_images_outside_the_rules_are_never_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, tiny_text_cfg: EmbeddingsConfig
+) -> None:
+    """A valid image outside the data folder (absolute path, '..', a link), a named pipe, a file over the size
+    cap and an image over the pixel cap: none of them gets an image embedding, and the stage does not hang."""
+    import os
+
+    data = tmp_path / "data"
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(png((220, 20, 20)))
+    io.write_input_file(data, "img/ok.png", png((20, 20, 220)))  # 20 x 24 = 480 pixels
+    io.write_input_file(data, "img/big.png", png((20, 220, 20)) + b"\0" * 4000)  # over 2,000 bytes
+    (data / "img" / "link.png").symlink_to(outside)
+    os.mkfifo(data / "img" / "pipe.png")
+    paths = [str(outside), "../outside.png", "img/link.png", "img/pipe.png", "img/big.png", "img/ok.png"]
+    items = pl.DataFrame(
+        {"item_id": [f"i{k}" for k in range(6)], "title": ["red dress"] * 6, "image_path": paths}
+    )
+    io.write_input_table(data, "items", items)
+    cfg = tiny_text_cfg.model_copy(update={"max_image_bytes": 2000})
+    summary = embed_items(data, tmp_path / "out", DT, cfg, run_info(), progress=False)
+    assert read_out(tmp_path / "out")["has_image"].to_list() == [False] * 5 + [True]
+    assert summary["counts"]["image_missing_file"] == 5
+
+    # the pixel cap: img/ok.png has 480 pixels; the header is read, the image is not decoded
+    cfg = cfg.model_copy(update={"max_image_pixels": 479})
+    with caplog.at_level("WARNING", logger="pipelines.embedding"):
+        summary = embed_items(data, tmp_path / "out2", DT, cfg, run_info(), progress=False)
+    assert read_out(tmp_path / "out2")["has_image"].to_list() == [False] * 6
+    assert summary["counts"]["image_too_many_pixels"] == 1
+    (line,) = [r.getMessage() for r in caplog.records if "max_image_pixels" in r.getMessage()]
+    assert line.startswith(f"{io.items_path(data)}: column image_path: 1 images are larger than ")
+    assert (
+        "e.g. ['img/ok.png']" in line and "; fix: downscale them or raise embeddings.max_image_pixels" in line
+    )
+
+
 def test_duplicate_item_ids_are_an_error(tmp_path: Path) -> None:
     data = tmp_path / "data"
     io.write_input_table(data, "items", pl.DataFrame({"item_id": [1, 1, 2], "title": ["a", "b", "c"]}))

@@ -166,3 +166,93 @@ def test_table_writer_failure_commits_nothing(tmp_path):
                 w.write(pl.DataFrame({"user_id": ["a"]}))
                 raise RuntimeError("boom")
     assert not io.is_committed(tmp_path, "scores", date(2024, 3, 1))
+
+
+def test_scan_events_keeps_one_of_each_exact_duplicate(tmp_path: Path):
+    ts = datetime(2024, 3, 1, 9, tzinfo=UTC)
+    later = datetime(2024, 3, 1, 10, tzinfo=UTC)
+    # file 1: (u1, i1, view, 9:00) twice, (u1, i1, click, 9:00) once; file 2: the view again with an integer-
+    # free copy of the same values, and (u2, i1, view, 10:00). Exact duplicates: the view, 3 rows -> 1.
+    first = pl.DataFrame(
+        {"user_id": ["u1", "u1", "u1"], "item_id": ["i1", "i1", "i1"], "event": ["view", "view", "click"]}
+    ).with_columns(ts=pl.lit(ts))
+    second = pl.DataFrame(
+        {"user_id": ["u1", "u2"], "item_id": ["i1", "i1"], "event": ["view", "view"], "ts": [ts, later]}
+    )
+    io.write_input_events(tmp_path, D, first, part="part-0")
+    io.write_input_events(tmp_path, D, second, part="part-1")
+    got = io.scan_events(tmp_path, D, D).collect()
+    # the first occurrence of each row, in file order: view u1, click u1, view u2
+    assert got.select("user_id", "event").rows() == [("u1", "view"), ("u1", "click"), ("u2", "view")]
+
+
+# ---------------------------------------------------------------- files named by the inputs (image_path)
+
+
+def _inputs(tmp_path: Path) -> tuple[Path, Path]:
+    """<tmp>/data with images/ok.png (10 bytes) and a folder; <tmp>/secret.png outside the data folder."""
+    data = tmp_path / "data"
+    io.write_input_file(data, "images/ok.png", b"0123456789")
+    (data / "images" / "folder").mkdir()
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"do not read")
+    return data, secret
+
+
+def test_input_path_rejections_confine_paths_to_the_data_folder(tmp_path: Path):
+    data, secret = _inputs(tmp_path)
+    (data / "images" / "out.png").symlink_to(secret)  # a link inside data to a file outside it
+    (data / "images" / "in.png").symlink_to(data / "images" / "ok.png")  # a link that stays inside
+    (data / "linked").symlink_to(tmp_path)  # a linked folder that leaves data
+    (data / "images" / "dangling.png").symlink_to(data / "images" / "nowhere.png")
+    os.mkfifo(data / "images" / "pipe.png")
+    paths = {
+        "images/ok.png": None,
+        "images/in.png": None,
+        str(secret): io.ABSOLUTE,
+        "/etc/passwd": io.ABSOLUTE,
+        "../secret.png": io.PARENT,
+        "images/../../secret.png": io.PARENT,
+        "images//ok.png": io.NOT_NORMALISED,
+        "./images/ok.png": io.NOT_NORMALISED,
+        "images\\ok.png": io.NOT_NORMALISED,
+        "images/ok.png\n": io.NOT_NORMALISED,
+        "images/out.png": io.OUTSIDE,
+        "linked/secret.png": io.OUTSIDE,
+        "images/gone.png": io.MISSING,
+        "images/dangling.png": io.MISSING,
+        "nofolder/x.png": io.MISSING,
+        "images/folder": io.NOT_REGULAR,
+        "images/pipe.png": io.NOT_REGULAR,
+    }
+    got = io.input_path_rejections(data, list(paths))
+    assert {p: got.get(p) for p in paths} == paths
+    # the size cap: ok.png has 10 bytes
+    assert io.input_path_rejections(data, ["images/ok.png"], max_bytes=9) == {
+        "images/ok.png": io.too_large(9)
+    }
+    assert io.input_path_rejections(data, ["images/ok.png"], max_bytes=10) == {}
+
+
+def test_read_input_file_never_opens_what_it_rejects(tmp_path: Path):
+    data, secret = _inputs(tmp_path)
+    (data / "images" / "out.png").symlink_to(secret)
+    os.mkfifo(data / "images" / "pipe.png")  # opening it for reading would block: it must not be opened
+    assert io.read_input_file(data, "images/ok.png") == b"0123456789"
+    for rel in [str(secret), "../secret.png", "images/out.png", "images/pipe.png", "images/folder", "x.png"]:
+        assert io.read_input_file(data, rel) is None, rel
+    assert io.read_input_file(data, "images/ok.png", max_bytes=9) is None
+
+
+def test_image_file_and_write_input_file_refuse_escaping_paths(tmp_path: Path):
+    data, secret = _inputs(tmp_path)
+    assert io.image_file(data, "images/ok.png") == (data / "images" / "ok.png").resolve()
+    for rel in ["../x.png", "/tmp/x.png", "a//b.png"]:
+        with pytest.raises(ValueError, match=r"fix: "):
+            io.image_file(data, rel)
+        with pytest.raises(ValueError, match=r"cannot write"):
+            io.write_input_file(data, rel, b"x")
+    (data / "linked").symlink_to(tmp_path)
+    with pytest.raises(ValueError, match="outside the data folder"):
+        io.write_input_file(data, "linked/new.png", b"x")
+    assert not (tmp_path / "new.png").exists()
