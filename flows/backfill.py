@@ -11,6 +11,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.nightly import day_is_current, flow_for
 from pipelines.config import RuntimeConfig, config_hash, load_config, parse_date
+from pipelines.errors import failure_lines
 
 
 def date_range(start: date, end: date) -> list[date]:
@@ -25,11 +26,21 @@ def date_range(start: date, end: date) -> list[date]:
 
 
 def _run_day(
-    dt: date, config_path: str | None, overrides: list[str], force: bool, runtime: RuntimeConfig
+    dt: date,
+    config_path: str | None,
+    overrides: list[str],
+    force: bool,
+    runtime: RuntimeConfig,
+    wait: bool = False,
 ) -> dict[str, Any]:
     """One nightly subflow (with the task runner of runtime.runner); a failure is returned, not raised."""
     state = flow_for(runtime)(
-        date=dt.isoformat(), config_path=config_path, overrides=overrides, force=force, return_state=True
+        date=dt.isoformat(),
+        config_path=config_path,
+        overrides=overrides,
+        force=force,
+        wait=wait,
+        return_state=True,
     )
     if state.is_completed():
         return {"date": dt.isoformat(), "status": "completed", "summary": state.result()}
@@ -37,16 +48,21 @@ def _run_day(
         state.result()
         reason = state.message or state.name
     except Exception as err:  # noqa: BLE001  (a failed day is recorded, the others go on)
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = failure_lines(err)[0].removeprefix("error: ")  # the first problem, with its fix
     return {"date": dt.isoformat(), "status": "failed", "reason": reason}
 
 
 @task(cache_policy=NO_CACHE, persist_result=True)
 def day_task(
-    dt: date, config_path: str | None, overrides: list[str], force: bool, runtime: RuntimeConfig
+    dt: date,
+    config_path: str | None,
+    overrides: list[str],
+    force: bool,
+    runtime: RuntimeConfig,
+    wait: bool = False,
 ) -> dict[str, Any]:
     """One independent day (used with --independent, in parallel up to the runner's limit)."""
-    return _run_day(dt, config_path, overrides, force, runtime)
+    return _run_day(dt, config_path, overrides, force, runtime, wait)
 
 
 @flow(name="backfill", log_prints=False)
@@ -58,13 +74,15 @@ def backfill(
     independent: bool = False,
     force: bool = False,
     max_concurrency: int = 2,
+    wait: bool = False,
 ) -> dict[str, Any]:
     """Run `nightly` for every date in [start, end].
 
     Sequential by default (warm starts chain days); with `independent`, days run in parallel, at most
     `max_concurrency` at once. Days whose complete run used the same config are skipped unless `force`.
     A failed day does not stop the others; the summary lists failures and why. With `force`, every stage
-    of every day reruns (the nightly stage caches are refreshed too).
+    of every day reruns (the nightly stage caches are refreshed too). A day that another run is writing
+    to the same output folder fails (its lock is held), or with `wait` runs when that run ends.
     """
     logger = get_run_logger()
     overrides = list(overrides or [])
@@ -83,11 +101,12 @@ def backfill(
                 "overrides": overrides,
                 "force": force,
                 "runtime": cfg.runtime,
+                "wait": wait,
             }
             futures = [runner.submit(day_task, parameters={"dt": d, **params}) for d in todo]
             results = [f.result() for f in futures]
     else:
-        results = [_run_day(d, config_path, overrides, force, cfg.runtime) for d in todo]
+        results = [_run_day(d, config_path, overrides, force, cfg.runtime, wait) for d in todo]
     failed = [{"date": r["date"], "reason": r["reason"]} for r in results if r["status"] == "failed"]
     for f in failed:
         logger.error("backfill day %s failed: %s", f["date"], f["reason"])

@@ -2,6 +2,12 @@
 
 Commands that take a config accept `--config FILE` and any number of `--section.key=value` overrides, e.g.
 `recsys nightly --date 2024-03-10 --ranker.experts=8 --data.out=/tmp/out`.
+
+Failures are reported as one line per problem on stderr (`error: <file>: column <c>: ...; fix: ...`), never
+as a traceback unless `--verbose`. Exit status: 0 done, 1 the inputs are invalid or the run failed,
+2 a usage error (option, date, range, config), 75 another run of the same date holds the output folder.
+`nightly` and `backfill` check what they can before any Prefect server starts or anything is written:
+the config, the dates, that the output folder is writable and not locked, and the inputs.
 """
 
 from __future__ import annotations
@@ -9,14 +15,62 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import traceback
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 import yaml
+from typer.core import TyperGroup
 
-from pipelines.config import ConfigError, config_to_yaml, load_config, parse_date
+from pipelines.config import Config, ConfigError, config_to_yaml, load_config, parse_date
+
+EXIT_INVALID = 1  # invalid inputs, or a run that failed
+EXIT_USAGE = 2  # an option, date, range or config that cannot be used (click's own code for usage errors)
+EXIT_LOCKED = 75  # EX_TEMPFAIL: another run of the same date holds the output folder; try again later
+
+
+class UsageProblem(ValueError):
+    """A command line that cannot run (e.g. a backfill range that ends before it starts); exit 2."""
+
+
+def _exit_code(err: BaseException) -> int:
+    from pipelines.lock import RunLockedError
+
+    if isinstance(err, RunLockedError):
+        return EXIT_LOCKED
+    if isinstance(err, ConfigError | UsageProblem):
+        return EXIT_USAGE
+    return EXIT_INVALID
+
+
+class OneLineErrors(TyperGroup):
+    """Reports every failure of a command as one line per problem on stderr, with its exit status; the
+    traceback only with --verbose."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort):
+            raise
+        except typer.TyperException as err:  # click's: an option missing, unknown or of the wrong form
+            sub = getattr(err, "ctx", None)
+            where = sub.command_path if sub is not None else ctx.command_path
+            line = f"error: {where}: {err.format_message().rstrip('.')}"
+            if "fix:" not in line:
+                line += f"; fix: see `{where} --help`"
+            typer.echo(line, err=True)
+            raise typer.Exit(getattr(err, "exit_code", EXIT_USAGE)) from None
+        except Exception as err:
+            from pipelines.errors import failure_lines
+
+            if ctx.params.get("verbose"):
+                typer.echo("".join(traceback.format_exception(err)).rstrip(), err=True)
+            for line in failure_lines(err):
+                typer.echo(line, err=True)
+            raise typer.Exit(_exit_code(err)) from None
+
 
 app = typer.Typer(
     name="recsys",
@@ -24,6 +78,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=OneLineErrors,
 )
 
 _OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -39,23 +94,60 @@ def _overrides(ctx: typer.Context) -> list[str]:
     return list(ctx.args)
 
 
-def _config(config: Path | None, ctx: typer.Context, **set_: Any):  # noqa: ANN202
+def _config(config: Path | None, ctx: typer.Context, **set_: Any) -> Config:
+    """The resolved config (ConfigError, one line per problem, exit 2, when it does not fit)."""
     extra = [f"--{k}={v}" for k, v in set_.items() if v is not None]
+    return load_config(config, [*_overrides(ctx), *extra])
+
+
+def _date(text: str, option: str) -> date:
+    """An option's YYYY-MM-DD value; a one-line usage error naming the option otherwise."""
     try:
-        return load_config(config, [*_overrides(ctx), *extra])
+        return parse_date(text)
     except ConfigError as err:
-        typer.echo(str(err), err=True)
-        raise typer.Exit(2) from None
+        raise ConfigError(f"{option}: {err}") from None
+
+
+class ConsoleFormatter(logging.Formatter):
+    """One line per record: without --verbose a record's traceback is left out (the command reports the
+    error itself, once)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+class QuietFailures(logging.Filter):
+    """Without --verbose: Prefect's own reports of a failed task or flow (a traceback, "Finished in state
+    Failed") are not shown; the command prints the error once, as one line with its fix."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("prefect"):
+            return True
+        return not (record.exc_info or str(record.msg).startswith("Finished in state Failed"))
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    for noisy in ("httpx", "httpcore"):  # Prefect's API client logs every request at INFO
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    root = logging.getLogger()
+    if not root.handlers:  # a host application (or pytest) that configured logging keeps its handlers
+        handler = logging.StreamHandler(sys.stderr)
+        fmt, datefmt = "%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"
+        if verbose:
+            handler.setFormatter(logging.Formatter(fmt, datefmt))
+        else:
+            handler.setFormatter(ConsoleFormatter(fmt, datefmt))
+            handler.addFilter(QuietFailures())
+        root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    noisy = ["httpx", "httpcore"]  # Prefect's API client logs every request at INFO
+    if not verbose:
+        noisy.append("faiss.loader")  # which CPU build of FAISS it tried, at INFO
+    for name in noisy:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @app.callback()
@@ -88,7 +180,7 @@ def generate(
     changes = {"users": users, "items": items, "days": days, "seed": seed}
     changes = {k: v for k, v in changes.items() if v is not None}
     if start is not None:
-        changes["start"] = parse_date(start)
+        changes["start"] = _date(start, "--start")
     spec = replace(spec, **changes)
     summary = run_generate(data, spec)
     typer.echo(json.dumps(summary, indent=2, default=str))
@@ -127,8 +219,8 @@ def import_(
     importer = IMPORTERS[kind]
     options = {
         "tz": tz,
-        "first_day": parse_date(first_day) if first_day else None,
-        "last_day": parse_date(last_day) if last_day else None,
+        "first_day": _date(first_day, "--first-day") if first_day else None,
+        "last_day": _date(last_day, "--last-day") if last_day else None,
     }
     options = {k: v for k, v in options.items() if v is not None}
     unknown = [f"--{k.replace('_', '-')}" for k in options if k not in inspect.signature(importer).parameters]
@@ -148,9 +240,9 @@ def validate(
     from pipelines.validation import validate_data
 
     cfg = _config(config, ctx, **{"data.dir": data})
-    report = validate_data(cfg.data.dir, cfg.columns)
-    for p in report.problems:
-        typer.echo(p.line(), err=p.level == "error")
+    report = validate_data(cfg.data.dir, cfg.columns, max_image_bytes=cfg.embeddings.max_image_bytes)
+    for line in report.lines():
+        typer.echo(line, err=True)
     typer.echo("# columns section in use (inferred where the config declares none):")
     typer.echo(yaml.safe_dump({"columns": report.inferred.model_dump()}, sort_keys=False).rstrip())
     n_err, n_warn = len(report.errors), len(report.warnings)
@@ -170,27 +262,63 @@ def _with_paths(ctx: typer.Context, **set_: Any) -> list[str]:
     return _overrides(ctx) + [f"--{k}={v}" for k, v in set_.items() if v is not None]
 
 
+WaitOpt = Annotated[
+    bool,
+    typer.Option(
+        help="When another run of the same date writes to the output folder, start when it ends "
+        "(default: refuse at once, exit 75)."
+    ),
+]
+
+
+def _check_output(out: Path, dates: list[date], wait: bool) -> None:
+    """Before any server starts: the output folder can hold the lock files and no live run holds a date."""
+    from pipelines import io
+    from pipelines.lock import RunLockedError, held_by, locked_message, probe
+
+    probe(out)  # OSError (read-only, not a folder, no permission): one line with its fix
+    if wait:
+        return
+    for d in dates:
+        holder = held_by(out, d)
+        if holder is not None:
+            raise RunLockedError(locked_message(io.lock_path(out, d), d, holder))
+
+
+def _check_inputs(cfg: Config, run_date: date | None) -> None:
+    """Validate the inputs (and that `run_date` has events); on errors stop before anything is written,
+    reporting every problem (errors, then warnings). When there is no error the warnings are left to the
+    flow's validate task, which logs them."""
+    from pipelines.validation import InputValidationError, validate_data
+
+    report = validate_data(
+        cfg.data.dir, cfg.columns, max_image_bytes=cfg.embeddings.max_image_bytes, run_date=run_date
+    )
+    if not report.ok:
+        raise InputValidationError("\n".join(report.lines()))
+
+
 def _run_nightly(
-    run_date: date, config: Path | None, overrides: list[str], force: bool = False
+    run_date: date, config: Path | None, overrides: list[str], force: bool = False, wait: bool = False
 ) -> dict[str, Any]:
+    """The nightly flow for `run_date` against a temporary Prefect server (unless PREFECT_API_URL); its
+    error, if it failed, is raised for the command to report."""
     from flows.nightly import flow_for
+    from flows.server import temporary_server
 
     cfg = load_config(config, overrides)
-    state = flow_for(cfg.runtime)(
-        date=run_date.isoformat(),
-        config_path=str(config) if config else None,
-        overrides=overrides,
-        force=force,
-        return_state=True,
-    )
+    with temporary_server():
+        state = flow_for(cfg.runtime)(
+            date=run_date.isoformat(),
+            config_path=str(config) if config else None,
+            overrides=overrides,
+            force=force,
+            wait=wait,
+            return_state=True,
+        )
+        summary = state.result()  # raises the flow's error when it failed
     typer.echo(f"flow run final state: {state.type.value} ({state.name})")
-    if not state.is_completed():
-        try:
-            state.result()
-        except Exception as err:  # noqa: BLE001  (the flow's own error, printed for the user)
-            typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1)
-    return state.result()
+    return summary
 
 
 @app.command(context_settings=_OVERRIDES)
@@ -204,10 +332,11 @@ def nightly(
     force: Annotated[
         bool, typer.Option(help="Rerun every stage even when its cached result is valid.")
     ] = False,
+    wait: WaitOpt = False,
     config: ConfigOpt = None,
 ) -> None:
     """Run the nightly Prefect flow for one day (resumes: stages whose outputs are intact are not rerun)."""
-    run_date = parse_date(date_)
+    run_date = _date(date_, "--date")
     paths = {
         "data.dir": data,
         "data.out": out,
@@ -215,8 +344,10 @@ def nightly(
         "runtime.dask_address": dask_address,
     }
     overrides = _with_paths(ctx, **paths)
-    _config(config, ctx, **paths)  # fail fast on a bad config
-    summary = _run_nightly(run_date, config, overrides, force)
+    cfg = _config(config, ctx, **paths)  # fail fast: config, output folder, lock, inputs
+    _check_output(cfg.data.out, [run_date], wait)
+    _check_inputs(cfg, run_date)
+    summary = _run_nightly(run_date, config, overrides, force, wait)
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 
@@ -282,11 +413,21 @@ def backfill(
     out: Annotated[Path | None, typer.Option(help="Output folder (overrides data.out).")] = None,
     runner: RunnerOpt = None,
     dask_address: DaskOpt = None,
+    wait: WaitOpt = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Run the nightly flow for every date in [start, end] as subflows; print completed, skipped, failed."""
-    from flows.backfill import backfill as backfill_flow
+    """Run the nightly flow for every date in [start, end] as subflows; print completed, skipped, failed.
 
+    A day that fails (e.g. it has no events) does not stop the others; the exit status is then 1."""
+    from flows.backfill import backfill as backfill_flow
+    from flows.backfill import date_range
+    from flows.server import temporary_server
+
+    first, last = _date(start, "--start"), _date(end, "--end")
+    try:
+        days = date_range(first, last)
+    except ValueError as err:
+        raise UsageProblem(str(err)) from None
     paths = {
         "data.dir": data,
         "data.out": out,
@@ -294,24 +435,28 @@ def backfill(
         "runtime.dask_address": dask_address,
     }
     overrides = _with_paths(ctx, **paths)
-    _config(config, ctx, **paths)
-    state = backfill_flow(
-        start=start,
-        end=end,
-        config_path=str(config) if config else None,
-        overrides=overrides,
-        independent=independent,
-        force=force,
-        max_concurrency=max_concurrency,
-        return_state=True,
-    )
+    cfg = _config(config, ctx, **paths)
+    _check_output(cfg.data.out, days, wait)
+    _check_inputs(cfg, None)  # the contract; a day without events fails alone, in its own run
+    with temporary_server():
+        state = backfill_flow(
+            start=first.isoformat(),
+            end=last.isoformat(),
+            config_path=str(config) if config else None,
+            overrides=overrides,
+            independent=independent,
+            force=force,
+            max_concurrency=max_concurrency,
+            wait=wait,
+            return_state=True,
+        )
+        summary = state.result()  # raises the flow's error when it failed
     typer.echo(f"flow run final state: {state.type.value} ({state.name})")
-    if not state.is_completed():
-        raise typer.Exit(1)
-    summary = state.result()
     typer.echo(json.dumps(summary, indent=2, default=str))
+    for failure in summary["failed"]:
+        typer.echo(f"error: backfill day {failure['date']}: {failure['reason']}", err=True)
     if summary["failed"]:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_INVALID)
 
 
 @app.command(context_settings=_OVERRIDES)
@@ -326,7 +471,7 @@ def report(
     from pipelines.report import write_report
 
     cfg = _config(config, ctx, **{"data.out": out})
-    result = write_report(cfg.data.out, parse_date(date_), trend_days=trend_days)
+    result = write_report(cfg.data.out, _date(date_, "--date"), trend_days=trend_days)
     typer.echo(json.dumps(result["headline"], indent=2))
     typer.echo(f"report: {result['html']}")
     typer.echo(f"metrics: {result['metrics_path']}")
@@ -339,8 +484,11 @@ def serve(ctx: typer.Context, config: ConfigOpt = None) -> None:
     Point PREFECT_API_URL at a running Prefect server (`prefect server start`) to see runs in its UI.
     """
     from flows.deployments import serve_all
+    from flows.server import temporary_server
 
-    serve_all(_config(config, ctx), config, _overrides(ctx))
+    cfg = _config(config, ctx)
+    with temporary_server():
+        serve_all(cfg, config, _overrides(ctx))
 
 
 @app.command(name="config", context_settings=_OVERRIDES)

@@ -19,6 +19,10 @@ inputs do. Before a cached task runs, the flow checks its output partitions: whe
 committed under another config hash, the task runs with `refresh_cache=True`. So a rerun after a crash
 skips the stages whose outputs are intact and reruns the rest. Publish, report and the run marker are cheap
 and idempotent and always run.
+
+One run per (output folder, date): the flow holds `pipelines.lock.run_lock(out, D)` from before validation
+to the end, so a second run of the same day refuses (`RunLockedError`) or, with `wait`, starts when the
+first ends. Tasks are retried only for errors that can be transient (`pipelines.errors.is_transient`).
 """
 
 from __future__ import annotations
@@ -50,8 +54,10 @@ from pipelines.config import (
     parse_date,
 )
 from pipelines.embedding import embed_items
+from pipelines.errors import is_transient
 from pipelines.frames import build_frames
 from pipelines.funnel import funnel_stage
+from pipelines.lock import run_lock
 from pipelines.publish import publish
 from pipelines.ranking import train_ranker_stage
 from pipelines.report import write_report
@@ -67,13 +73,12 @@ class InputError(ValueError):
 
 
 def _retry_on_io_only(task_, task_run, state) -> bool:  # noqa: ANN001 (Prefect's callback signature)
-    """Retry transient IO failures only; a contract violation or a bug fails the task at once."""
+    """Retry transient IO failures only. A contract violation, a bug, or an IO error that stays (permission,
+    missing file, read-only or full disk: `pipelines.errors.PERMANENT_ERRNOS`) fails the task at once."""
     try:
         state.result()
-    except OSError:
-        return True
-    except BaseException:  # noqa: BLE001
-        return False
+    except Exception as err:  # noqa: BLE001  (classified, not handled)
+        return is_transient(err)
     return False
 
 
@@ -128,7 +133,11 @@ def tree_fingerprint(root: Path, skip: tuple[str, ...] = ()) -> str:
         dirnames.sort()
         for name in sorted(filenames):
             p = Path(dirpath) / name
-            st = p.stat()
+            try:  # stat never opens: a named pipe or device here is harmless
+                st = p.stat()
+            except OSError:  # a dangling link (validation warns when an image path names it)
+                rows.append([str(p.relative_to(root)), "unreadable"])
+                continue
             rows.append([str(p.relative_to(root)), st.st_size, st.st_mtime_ns])
     return _digest(rows)
 
@@ -191,8 +200,11 @@ def funnel_inputs(cfg: Config, dt: date) -> list[Path]:
 
 @task(cache_policy=NO_CACHE)
 def validate_task(cfg: Config, dt: date) -> dict[str, Any]:
-    """Check the data contract; raise InputError listing every problem, or return the resolved columns."""
-    report = validate_data(cfg.data.dir, cfg.columns)
+    """Check the data contract (and that day D has events); raise InputError listing every error, or
+    return the resolved columns."""
+    report = validate_data(
+        cfg.data.dir, cfg.columns, max_image_bytes=cfg.embeddings.max_image_bytes, run_date=dt
+    )
     logger = get_run_logger()
     for p in report.warnings:
         logger.warning(p.line())
@@ -390,7 +402,9 @@ def date_to_run(date_text: str | None, timezone: str) -> date:
         return parse_date(date_text)
     scheduled = flow_run.scheduled_start_time
     if scheduled is None:
-        raise ValueError("nightly needs --date when it is not started by a schedule")
+        raise ValueError(
+            "nightly needs a date when it is not started by a schedule; fix: pass --date YYYY-MM-DD (or date=)"
+        )
     from zoneinfo import ZoneInfo
 
     return scheduled.astimezone(ZoneInfo(timezone)).date() - timedelta(days=1)
@@ -415,12 +429,21 @@ def nightly(
     config_path: str | None = None,
     overrides: list[str] | None = None,
     force: bool = False,
+    wait: bool = False,
 ) -> dict[str, Any]:
     """Run every stage for day D (YYYY-MM-DD; a scheduled run takes the day before its scheduled start) and
-    return a summary of what was written. `force` reruns every stage even when its cached result is valid."""
-    logger = get_run_logger()
+    return a summary of what was written. `force` reruns every stage even when its cached result is valid.
+    Another run of D on the same output folder makes this one fail at once (RunLockedError), or with
+    `wait` start when that one ends."""
     cfg = load_config(config_path, overrides or [])
     dt = date_to_run(date, cfg.runtime.timezone)
+    with run_lock(cfg.data.out, dt, wait=wait):
+        return _run_stages(cfg, dt, force)
+
+
+def _run_stages(cfg: Config, dt: date, force: bool) -> dict[str, Any]:
+    """The body of `nightly` for day `dt`, under its lock."""
+    logger = get_run_logger()
     requested_hash = config_hash(cfg)
     out, data_dir = cfg.data.out, cfg.data.dir
     logger.info("nightly %s: data=%s out=%s config=%s", dt, data_dir, out, requested_hash)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
@@ -156,9 +157,25 @@ def load_config(path: Path | str | None = None, overrides: list[str] | tuple[str
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; fix: pass an existing YAML file")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            what = getattr(err, "problem", None) or type(err).__name__
+            raise ConfigError(
+                f"config file {path} is not valid YAML{where}: {what}; fix: correct the YAML syntax there"
+            ) from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(
+                f"config file {path} cannot be read ({type(err).__name__}); fix: pass a readable UTF-8 YAML "
+                "file"
+            ) from None
         if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections at the top")
+            raise ConfigError(
+                f"config file {path} must hold a mapping of sections at the top; fix: write it as "
+                "'section:' lines with 'key: value' entries below them"
+            )
         tree = loaded
     for text in overrides:
         key_path, value = parse_override(text)
@@ -191,9 +208,23 @@ def config_hash(cfg: Config) -> str:
 
 
 def parse_date(text: str | date) -> date:
+    """A YYYY-MM-DD date; ConfigError (one line with the fix) for any other text or a day that does not exist.
+
+    >>> parse_date("2024-02-29")
+    datetime.date(2024, 2, 29)
+    >>> parse_date("2024-02-30")
+    Traceback (most recent call last):
+    ...
+    pipelines.config.ConfigError: date '2024-02-30' is not a day of the calendar (day is out of range for month); fix: pass an existing day as YYYY-MM-DD, e.g. 2024-03-01
+    """
     if isinstance(text, date):
         return text
+    if not isinstance(text, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text.strip()):
+        raise ConfigError(f"date {text!r} is not YYYY-MM-DD; fix: pass e.g. 2024-03-01")
     try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(f"date {text!r} is not YYYY-MM-DD; fix: pass e.g. 2024-03-01") from None
+        return date.fromisoformat(text.strip())
+    except ValueError as err:
+        raise ConfigError(
+            f"date {text!r} is not a day of the calendar ({err}); fix: pass an existing day as YYYY-MM-DD, "
+            "e.g. 2024-03-01"
+        ) from None

@@ -52,3 +52,27 @@ def tiny_overrides():
         return [f"--data.dir={data}", f"--data.out={out}", *TINY_MODELS]
 
     return make
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """An empty folder that cannot be written to: mode 0555, or for root (who ignores modes) the immutable
+    attribute (chattr +i, ext4/xfs/btrfs); skips where neither is possible."""
+    import os
+    import shutil
+    import subprocess
+
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    chattr = shutil.which("chattr")
+    if chattr is None or subprocess.run([chattr, "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("running as root on a file system without chattr +i: no read-only folder possible")
+    try:
+        yield folder
+    finally:
+        subprocess.run([chattr, "-i", str(folder)], capture_output=True)

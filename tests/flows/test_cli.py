@@ -35,8 +35,22 @@ def test_unknown_override_is_a_clear_error():
 
 def test_generate_small_then_validate_passes(tmp_path: Path):
     data = tmp_path / "data"
-    res = runner.invoke(app, ["generate", "--preset", "small", "--data", str(data), "--users", "300",
-                              "--items", "200", "--days", "4"])
+    res = runner.invoke(
+        app,
+        [
+            "generate",
+            "--preset",
+            "small",
+            "--data",
+            str(data),
+            "--users",
+            "300",
+            "--items",
+            "200",
+            "--days",
+            "4",
+        ],
+    )
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["validate", "--data", str(data)])
     assert res.exit_code == 0, res.output
@@ -46,8 +60,22 @@ def test_generate_small_then_validate_passes(tmp_path: Path):
 
 def test_validate_broken_data_exits_nonzero(tmp_path: Path):
     data = tmp_path / "data"
-    runner.invoke(app, ["generate", "--preset", "small", "--data", str(data), "--users", "100",
-                        "--items", "80", "--days", "2"])
+    runner.invoke(
+        app,
+        [
+            "generate",
+            "--preset",
+            "small",
+            "--data",
+            str(data),
+            "--users",
+            "100",
+            "--items",
+            "80",
+            "--days",
+            "2",
+        ],
+    )
     (data / "users.parquet").unlink()
     res = runner.invoke(app, ["validate", "--data", str(data)])
     assert res.exit_code == 1
