@@ -126,6 +126,8 @@ class QuietFailures(logging.Filter):
     Failed") are not shown; the command prints the error once, as one line with its fix."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name in ("EventsWorker", "APILogWorker"):  # Prefect's senders draining at the end of a run
+            return record.levelno >= logging.ERROR
         if not record.name.startswith("prefect"):
             return True
         return not (record.exc_info or str(record.msg).startswith("Finished in state Failed"))

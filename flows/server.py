@@ -89,7 +89,10 @@ def temporary_server() -> Iterator[str | None]:
                 time.sleep(0.1)
         log.info("temporary Prefect server on %s (pid %d; it stops with this command)", url, proc.pid)
         with temporary_settings(updates={PREFECT_API_URL: url}):
-            yield url
+            try:
+                yield url
+            finally:
+                _drain_prefect_clients()
     finally:
         proc.terminate()
         try:
@@ -97,6 +100,23 @@ def temporary_server() -> Iterator[str | None]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _drain_prefect_clients(timeout_s: float = 5.0) -> None:
+    """Send what Prefect's background workers still hold (run logs, events) while the server is up; after it
+    stops they would fail at interpreter exit and print connection errors under the command's own line."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        progress = logging.getLogger(worker.__name__)  # its "still processing items" lines while it drains
+        level = progress.level
+        progress.setLevel(logging.ERROR)
+        try:
+            with contextlib.suppress(Exception):  # best effort: a worker that cannot flush loses a log line
+                worker.drain_all(timeout=timeout_s)
+        finally:
+            progress.setLevel(level)
 
 
 def _exit_with_parent(parent: int) -> None:
