@@ -60,6 +60,7 @@ from pipelines.funnel import funnel_stage
 from pipelines.lock import run_lock
 from pipelines.publish import publish
 from pipelines.ranking import train_ranker_stage
+from pipelines.ranking.ddp import ddp_ranker_stage
 from pipelines.report import write_report
 from pipelines.retriever import train_retriever_stage
 from pipelines.validation import validate_data
@@ -150,12 +151,6 @@ def partition_fingerprint(out: Path, dataset: str, dt: date | None) -> str:
     manifest = io.read_manifest(out, dataset, dt)
     manifest.pop("published", None)
     return _digest(manifest)
-
-
-def previous_date(out: Path, dataset: str, dt: date) -> date | None:
-    """Newest committed date of `dataset` before `dt` (the partition a warm start reads), or None."""
-    earlier = [d for d in io.committed_dates(out, dataset) if d < dt]
-    return earlier[-1] if earlier else None
 
 
 def inputs_key(dt: date, run: io.RunInfo, *parts: Any) -> str:
@@ -264,58 +259,12 @@ def train_retriever_task(
 def train_ranker_task(
     out: Path, dt: date, cfg: RankerConfig, seed: int, device: str, run: io.RunInfo, inputs_key: str
 ) -> dict[str, Any]:
-    """Ranker training and evaluation -> ranker/dt=D/ (under torchrun when cfg.ddp, see ddp_ranker_stage)."""
+    """Ranker training and evaluation -> ranker/dt=D/ (under torchrun when cfg.ddp:
+    `pipelines.ranking.ddp`)."""
     _fault_point("train-ranker")
     if cfg.ddp:
         return ddp_ranker_stage(out, dt, cfg, seed, device, run)
     return train_ranker_stage(out, dt, cfg, seed, device, run)
-
-
-DDP_NPROC_ENV = "RECSYS_DDP_NPROC"  # processes of a DDP ranker run (default: CUDA devices, else 2)
-
-
-def ddp_ranker_stage(
-    out: Path, dt: date, cfg: RankerConfig, seed: int, device: str, run: io.RunInfo
-) -> dict[str, Any]:
-    """Run the ranker stage data-parallel: `torchrun --standalone --nproc_per_node=N -m flows.ddp_ranker`.
-
-    N is $RECSYS_DDP_NPROC, else the number of CUDA devices, else 2 (CPU processes with gloo). Rank 0
-    commits ranker/dt=D; its summary is returned. A failed rank fails the task with torchrun's output.
-    """
-    import subprocess
-    import sys
-    import tempfile
-
-    import torch
-
-    nproc = int(os.environ.get(DDP_NPROC_ENV) or torch.cuda.device_count() or 2)
-    with tempfile.TemporaryDirectory(prefix="recsys-ddp-") as tmp:
-        job, summary = Path(tmp) / "job.json", Path(tmp) / "summary.json"
-        job.write_text(
-            json.dumps(
-                {
-                    "out": str(out),
-                    "date": dt.isoformat(),
-                    "seed": seed,
-                    "device": device,
-                    "ranker": cfg.model_dump(mode="json"),
-                    "run": {
-                        "run_id": run.run_id,
-                        "config_hash": run.config_hash,
-                        "code_revision": run.code_revision,
-                        "config": run.config,
-                    },
-                    "summary_path": str(summary),
-                },
-                default=str,
-            )
-        )
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "flows.ddp_ranker", str(job)]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"torchrun ranker training failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-        return json.loads(summary.read_text())
 
 
 @task(persist_result=True)
@@ -472,12 +421,12 @@ def _run_stages(cfg: Config, dt: date, force: bool) -> dict[str, Any]:
     stages: dict[str, dict[str, Any]] = {"embeddings": emb.result(), "frames": frames.result()}
     upstream = [partition_fingerprint(out, ds, dt) for ds in ("frames", "embeddings")]
 
-    prev_retriever = partition_fingerprint(out, "retriever", previous_date(out, "retriever", dt))
+    prev_retriever = partition_fingerprint(out, "retriever", io.previous_committed(out, "retriever", dt))
     stages["retriever"] = cached(train_retriever_task, "train-retriever", ("retriever", "two_tower"))(
         out, dt, cfg.retriever, cfg.index, seed, device, run,
         inputs_key=inputs_key(dt, run, requested_hash, *upstream, prev_retriever),
     )  # fmt: skip
-    prev_ranker = partition_fingerprint(out, "ranker", previous_date(out, "ranker", dt))
+    prev_ranker = partition_fingerprint(out, "ranker", io.previous_committed(out, "ranker", dt))
     stages["ranker"] = cached(train_ranker_task, "train-ranker", ("ranker",))(
         out, dt, cfg.ranker, seed, device, run,
         inputs_key=inputs_key(dt, run, requested_hash, *upstream, prev_ranker),

@@ -209,6 +209,13 @@ def to_batch(df: pl.DataFrame, spec: BatchSpec, content: ItemContent | None = No
     return _arrow_to_batch(df.select(spec.columns()).to_arrow(), spec, content)
 
 
+def longest_hist(frame: Path | pl.DataFrame | pl.LazyFrame) -> int | None:
+    """The longest `hist` list of a frame (a file, or a frame in memory); None when it has no rows."""
+    lf = pl.scan_parquet(frame) if isinstance(frame, Path) else frame.lazy()
+    longest = lf.select(pl.col("hist").list.len().max()).collect().item()
+    return None if longest is None else int(longest)
+
+
 def parquet_rows(path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 

@@ -314,6 +314,12 @@ def committed_dates(out: Path, dataset: str) -> list[date]:
     return sorted(dates)
 
 
+def previous_committed(out: Path, dataset: str, dt: date) -> date | None:
+    """The newest committed date of `dataset` strictly before `dt` (what a warm start reads), or None."""
+    earlier = [d for d in committed_dates(out, dataset) if d < dt]
+    return earlier[-1] if earlier else None
+
+
 def read_manifest(out: Path, dataset: str, dt: date) -> dict[str, Any]:
     _recover(out, dataset, dt)
     path = partition_dir(out, dataset, dt) / MANIFEST

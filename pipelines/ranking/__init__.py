@@ -25,8 +25,8 @@ from pipelines.ranking.funnel_metrics import FunnelAccumulator, funnel_metrics, 
 from pipelines.ranking.layout import DATASET, FUNNEL_K, MODEL_FILE, SCORES
 from pipelines.ranking.pairs import pair_features
 from pipelines.ranking.score import score_stage
-from pipelines.ranking.train import fit, train_ranker_stage
+from pipelines.ranking.train import TrainedRanker, commit_ranker, fit, train_and_evaluate, train_ranker_stage
 
 __all__ = ["DATASET", "FUNNEL_K", "MODEL_FILE", "SCORES", "FunnelAccumulator", "RankerData", "build_model",
            "evaluate_split", "fit", "funnel_metrics", "pair_features", "popular_items", "prepare_data",
-           "rank_by_score", "score_stage", "train_ranker_stage"]  # fmt: skip
+           "rank_by_score", "score_stage", "train_ranker_stage", "TrainedRanker", "commit_ranker", "train_and_evaluate"]  # fmt: skip

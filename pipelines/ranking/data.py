@@ -21,6 +21,7 @@ from pipelines.batches import (
     ItemContent,
     load_item_content,
     load_vocab,
+    longest_hist,
     spec_for,
 )
 from pipelines.ranking.layout import DEFAULT_HIST_LEN, EMBEDDINGS, FRAMES, SIDES
@@ -64,8 +65,8 @@ def _hist_len(out: Path, dt: date, users_or_examples: Path) -> int:
     n = frames_config(out, dt).get("features", {}).get("history_len")
     if n is not None:
         return int(n)
-    longest = pl.scan_parquet(users_or_examples).select(pl.col("hist").list.len().max()).collect().item()
-    return max(int(longest or 0), 1) if longest is not None else DEFAULT_HIST_LEN
+    longest = longest_hist(users_or_examples)
+    return max(longest, 1) if longest is not None else DEFAULT_HIST_LEN
 
 
 def item_id_field(vocab: Vocab) -> str | None:

@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -78,11 +79,8 @@ def fit(
 
 def _previous_model(out: Path, dt: date) -> tuple[date, Path] | None:
     """The newest committed ranker partition strictly before D, for warm start."""
-    earlier = [d for d in io.committed_dates(out, DATASET) if d < dt]
-    if not earlier:
-        return None
-    prev = earlier[-1]
-    return prev, io.committed_path(out, DATASET, prev, MODEL_FILE)
+    prev = io.previous_committed(out, DATASET, dt)
+    return None if prev is None else (prev, io.committed_path(out, DATASET, prev, MODEL_FILE))
 
 
 def _spec_json(spec: BatchSpec) -> dict[str, Any]:
@@ -106,16 +104,24 @@ def spec_from_json(d: dict[str, Any], label: bool) -> BatchSpec:
     )
 
 
-def train_ranker_stage(
-    out: Path, dt: date, cfg: RankerConfig, seed: int, device: str, run: io.RunInfo
-) -> dict[str, Any]:
-    """Train the ranker of D on frames/dt=D and commit `ranker/dt=D/` (model.pt, metrics.json).
+@dataclass
+class TrainedRanker:
+    """What `train_and_evaluate` computed for day D, ready for `commit_ranker`."""
+
+    model: nn.Module
+    metrics: dict[str, Any]
+    data: RankerData
+    prev: tuple[date, Path] | None  # the ranker partition it warm-started from
+
+
+def train_and_evaluate(out: Path, dt: date, cfg: RankerConfig, seed: int, device: str) -> TrainedRanker:
+    """Train the ranker of D on frames/dt=D and evaluate it; reads `out`, writes nothing.
 
     Warm start (cfg.warm_start) copies every same-shaped tensor of the newest committed ranker before D.
     Metrics: valid (ranker_valid of D) and eval (eval_ranker of D+1, when present): AUC, logloss, GAUC,
     decile calibration and ECE; per-input permutation importance on eval (else valid); the singular values
     of each cross layer (DCN models); with cfg.quantize_int8, AUC change and CPU speed-up of INT8 scoring.
-    Returns the scalar summary (also in the partition manifest).
+    Under DDP every rank calls this (the training loop is data-parallel) and rank 0 alone commits.
     """
     out = Path(out)
     dev = resolve_device(device)
@@ -154,10 +160,18 @@ def train_ranker_stage(
     metrics["cross_singular_values"] = cross_spectrum(model)
     if cfg.quantize_int8:
         metrics["int8"] = int8_report(model, data, cfg.batch_size)
+    return TrainedRanker(model, metrics, data, prev)
+
+
+def commit_ranker(out: Path, dt: date, trained: TrainedRanker, run: io.RunInfo) -> dict[str, Any]:
+    """Commit `ranker/dt=D/` (model.pt with its build arguments and feature statistics, metrics.json);
+    returns the scalar summary (also in the partition manifest)."""
+    out = Path(out)
+    data, metrics = trained.data, trained.metrics
     numeric_stats_path = io.committed_path(out, FRAMES, dt, "numeric_stats.json")
     meta = {
         "dt": dt.isoformat(),
-        "seed": seed,
+        "seed": metrics["seed"],
         "run_id": run.run_id,
         "vocab": data.vocab.to_json(),
         "spec": _spec_json(data.spec),
@@ -165,13 +179,13 @@ def train_ranker_stage(
         "valid_auc": metrics["valid"]["auc"],
     }
     with io.staged_partition(out, DATASET, dt, run) as stage:
-        save_checkpoint(stage.path(MODEL_FILE), model.to("cpu"), meta)
+        save_checkpoint(stage.path(MODEL_FILE), trained.model.to("cpu"), meta)
         stage.write_json(METRICS_FILE, metrics)
         stage.add_inputs(
             f"{FRAMES}/dt={dt}", *([f"{EMBEDDINGS}/dt={dt}"] if data.content is not None else [])
         )
-        if prev is not None:
-            stage.add_inputs(f"{DATASET}/dt={prev[0]}")
+        if trained.prev is not None:
+            stage.add_inputs(f"{DATASET}/dt={trained.prev[0]}")
         summary = _summary(metrics)
         stage.extra.update(summary)
     log.info("ranker dt=%s: %s", dt, summary)
@@ -181,6 +195,13 @@ def train_ranker_stage(
         "dt": dt.isoformat(),
         "path": str(io.partition_dir(out, DATASET, dt)),
     }
+
+
+def train_ranker_stage(
+    out: Path, dt: date, cfg: RankerConfig, seed: int, device: str, run: io.RunInfo
+) -> dict[str, Any]:
+    """The ranker stage: `train_and_evaluate` (read, compute), then `commit_ranker` (`ranker/dt=D/`)."""
+    return commit_ranker(out, dt, train_and_evaluate(out, dt, cfg, seed, device), run)
 
 
 def _summary(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from pipelines.batches import (
     ItemContent,
     load_item_content,
     load_vocab,
+    longest_hist,
     spec_for,
     stream_batches,
     to_batch,
@@ -72,12 +73,6 @@ class RetrieverInputs:
     @property
     def n_items(self) -> int:
         return int(self.item_ids.shape[0])
-
-
-def _hist_len(df: pl.DataFrame | pl.LazyFrame) -> int:
-    """Longest history list of a frame (at least 1, so the user tower always gets a [B, L] tensor)."""
-    longest = df.lazy().select(pl.col("hist").list.len().max()).collect().item()
-    return max(int(longest or 0), 1)
 
 
 def read_compact_batch(path: Path, spec: BatchSpec, rows_per_part: int = TRAIN_READ_ROWS) -> Batch:
@@ -146,7 +141,8 @@ def load_inputs(out: Path, dt: date, use_content: bool = True) -> RetrieverInput
     window = (min(days) if days else dt, dt)
     has_eval = bool(manifest.get("eval", {}).get("present"))
 
-    hist_len = max(_hist_len(train), _hist_len(users), _hist_len(valid))
+    # at least 1, so the user tower always gets a [B, L] tensor
+    hist_len = max(1, *(longest_hist(f) or 0 for f in (train, users, valid)))
     user_spec = spec_for(
         vocab, train.collect_schema(), ("user",), hist_len=hist_len, item_content=False, label=False
     )

@@ -53,11 +53,9 @@ def _data_dir(run: RunInfo, data_dir: Path | None) -> Path:
 
 
 def _previous_checkpoint(out: Path, dt: date) -> Path | None:
-    earlier = [d for d in io.committed_dates(out, DATASET) if d < dt]
-    if not earlier:
-        return None
-    path = io.committed_path(out, DATASET, earlier[-1], MODEL_FILE)
-    return path if path.is_file() else None
+    prev = io.previous_committed(out, DATASET, dt)
+    path = None if prev is None else io.committed_path(out, DATASET, prev, MODEL_FILE)
+    return path if path is not None and path.is_file() else None
 
 
 # ---------------------------------------------------------------- the stage
