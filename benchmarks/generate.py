@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _child(preset: str, out: Path) -> None:
     sys.path.insert(0, str(ROOT))
-    from pipelines.synthetic import PRESETS, generate
+    from pipelines.datasets.synthetic import PRESETS, generate
 
     t0 = time.perf_counter()
     summary = generate(out, PRESETS[preset])

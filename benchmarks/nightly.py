@@ -72,7 +72,7 @@ def child(preset: str, work: Path, overrides: list[str], generate_only: bool) ->
     data, out = work / preset / "data", work / preset / "out"
     if generate_only:
         if not (data / "items.parquet").is_file():
-            from pipelines.synthetic import PRESETS, generate
+            from pipelines.datasets.synthetic import PRESETS, generate
 
             generate(data, PRESETS[preset])
         print(json.dumps({"data": str(data)}))

@@ -2,10 +2,10 @@
 
 Data, built once under --work and reused by later runs:
 
-* synthetic `medium` preset (pipelines.synthetic; planted age_bucket x price_bucket and gender x category_l1
+* synthetic `medium` preset (pipelines.datasets.synthetic; planted age_bucket x price_bucket and gender x category_l1
   crosses) -> frames for D = the second-to-last day (train: the W-1 days before D, valid: D, test: D+1 =
   eval_ranker) -> text (packaged MiniLM) and image (colour/edge descriptor) embeddings of the catalogue;
-* Open Bandit Dataset sample (pipelines.adapters.import_obd) -> frames for D = 2019-11-29 (train 11-25..28,
+* Open Bandit Dataset sample (pipelines.datasets.import_obd) -> frames for D = 2019-11-29 (train 11-25..28,
   valid 11-29, test 11-30). Only the positives and the *real* negatives (shown, not clicked) are kept, so
   labels are real clicks; the metrics are averaged over --seeds seeds (mean and std).
 
@@ -34,12 +34,12 @@ from features.config import EmbeddingsConfig, FeaturesConfig, SamplingConfig
 from models.config import RankerConfig
 from models.device import resolve_device  # noqa: E402
 from pipelines import io
-from pipelines.adapters import import_obd
 from pipelines.config import Config, DataConfig, config_hash, config_to_dict
+from pipelines.datasets import import_obd
+from pipelines.datasets.synthetic import PRESETS, generate
 from pipelines.embedding import embed_items
 from pipelines.frames import build_frames
 from pipelines.ranking import RankerData, evaluate_split, fit, prepare_data
-from pipelines.synthetic import PRESETS, generate
 
 log = logging.getLogger("ranker_compare")
 OBD_SRC = Path(__file__).resolve().parents[2] / "shared" / "data" / "obd_zozotown"

@@ -24,7 +24,7 @@ Usage::
              --set temperature=0.1 lr=0.0005 (retriever settings applied to every configuration)
 
 --data: an existing synthetic data folder (else the preset is generated under --out). --amazon: the LLMRank
-source folder (imported under --out with pipelines.adapters.import_amazon) or an already imported one.
+source folder (imported under --out with pipelines.datasets.import_amazon) or an already imported one.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def run_configs(
 def synthetic_ceiling(data: Path, out: Path, dt: date, preset: str) -> dict[str, Any]:
     """Recall of the generator's own scores: the ceiling a retriever can approach on synthetic data.
 
-    score(u, i) = `pipelines.synthetic.view_log_weights` (log popularity_{D+1}(i) + log category tilt g_u[c_i]
+    score(u, i) = `pipelines.datasets.synthetic.view_log_weights` (log popularity_{D+1}(i) + log category tilt g_u[c_i]
     + affinity * <u, v_i>) + log sigmoid(click logit of (u, i)), from the true hidden variables and the
     planted click crosses (a view picks one of K candidates drawn by popularity tilted by the user's
     subcategory preference, with weight exp(affinity <u, v>); then a click follows with that probability).
@@ -142,7 +142,7 @@ def synthetic_ceiling(data: Path, out: Path, dt: date, preset: str) -> dict[str,
     """
     import polars as pl
 
-    import pipelines.synthetic as syn
+    import pipelines.datasets.synthetic as syn
     from pipelines.retriever import drop_excluded, ranking_metrics, relevant_positions
 
     spec = syn.PRESETS[preset]
@@ -223,7 +223,7 @@ def main() -> None:
         p.error("pass exactly one of --synthetic PRESET or --amazon DIR")
     work = args.out or Path(tempfile.mkdtemp(prefix="retrieval_eval-"))
     if args.synthetic:
-        from pipelines.synthetic import PRESETS, generate
+        from pipelines.datasets.synthetic import PRESETS, generate
 
         data = args.data or work / "data"
         if not io.items_path(data).is_file():
@@ -236,7 +236,7 @@ def main() -> None:
             data = args.amazon
             dt = args.date or io.event_dates(data)[-2]
         else:
-            from pipelines.adapters import import_amazon
+            from pipelines.datasets import import_amazon
 
             data = work / "amazon"
             if not io.items_path(data).is_file():

@@ -173,8 +173,8 @@ def generate(
     """Generate a synthetic e-commerce data set in the input contract (docs/synthetic-data.md)."""
     from dataclasses import replace
 
-    from pipelines.synthetic import PRESETS
-    from pipelines.synthetic import generate as run_generate
+    from pipelines.datasets.synthetic import PRESETS
+    from pipelines.datasets.synthetic import generate as run_generate
 
     if preset not in PRESETS:
         raise typer.BadParameter(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
@@ -212,7 +212,7 @@ def import_(
     """Convert a public data set layout into the input contract (docs/real-data.md)."""
     import inspect
 
-    from pipelines.adapters import IMPORTERS
+    from pipelines.datasets import IMPORTERS
 
     if ctx.args:
         raise typer.BadParameter(f"unexpected arguments {ctx.args}; see `recsys import --help`")
@@ -371,8 +371,8 @@ def demo(
     from dataclasses import replace
 
     from pipelines import io
-    from pipelines.synthetic import PRESETS
-    from pipelines.synthetic import generate as run_generate
+    from pipelines.datasets.synthetic import PRESETS
+    from pipelines.datasets.synthetic import generate as run_generate
 
     if preset not in PRESETS:
         raise typer.BadParameter(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")

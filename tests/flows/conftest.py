@@ -18,7 +18,7 @@ def tiny_flow_data(tmp_path_factory):
     """A tiny synthetic data set (300 users, 200 items, 5 days) shared by the operations tests."""
     from dataclasses import replace
 
-    from pipelines.synthetic import PRESETS, generate
+    from pipelines.datasets.synthetic import PRESETS, generate
 
     data = tmp_path_factory.mktemp("ops") / "data"
     generate(data, replace(PRESETS["small"], users=300, items=200, days=5))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import io
-from pipelines.synthetic import PRESETS, generate
+from pipelines.datasets.synthetic import PRESETS, generate
 
 pytestmark = pytest.mark.slow
 

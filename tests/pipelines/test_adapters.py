@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from features.config import EVENT_TYPES
 from pipelines import io
-from pipelines.adapters import (
+from pipelines.datasets import (
     IMPORTERS,
     SourceLayoutError,
     amazon_events,

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from features.config import ColumnsConfig, FeaturesConfig, SamplingConfig
 from pipelines import io
 from pipelines.config import DataConfig
+from pipelines.datasets.synthetic import PRESETS, generate
 from pipelines.frames import (
     _BLOCK_HASH_SEED,
     block_seed,
@@ -29,7 +30,6 @@ from pipelines.frames import (
     stats_from_moments,
     user_block,
 )
-from pipelines.synthetic import PRESETS, generate
 
 D = date(2024, 3, 3)  # run date; W = 2 -> train day 03-02, valid day 03-03; lookback 1 day -> 03-01
 FEATURES = FeaturesConfig(

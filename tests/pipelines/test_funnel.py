@@ -11,8 +11,8 @@ import pytest
 
 from pipelines import io
 from pipelines.config import FunnelConfig, load_config
+from pipelines.datasets.synthetic import PRESETS, generate
 from pipelines.funnel import CANDIDATES, DATASET, SCORES, funnel_stage, not_enough
-from pipelines.synthetic import PRESETS, generate
 from retrieval.metrics import list_metrics
 from retrieval.sources import SOURCES
 

@@ -1,6 +1,6 @@
 """The ranker stages on a tiny frames partition built by the real stages, plus hand-worked helpers.
 
-The partition: pipelines.synthetic.generate (300 users, 200 items, 5 days) -> build_frames for two run
+The partition: pipelines.datasets.synthetic.generate (300 users, 200 items, 5 days) -> build_frames for two run
 dates -> embed_items with a 1-layer 8-dim BERT saved as a local sentence-transformers folder (so no
 MiniLM load) and the colour/edge image descriptor.
 """
@@ -25,6 +25,7 @@ from models.train import load_checkpoint
 from pipelines import io
 from pipelines.batches import load_vocab
 from pipelines.config import Config, DataConfig, config_hash, config_to_dict
+from pipelines.datasets.synthetic import PRESETS, generate
 from pipelines.embedding import embed_items
 from pipelines.frames import build_frames
 from pipelines.ranking import (
@@ -37,7 +38,6 @@ from pipelines.ranking import (
     score_stage,
     train_ranker_stage,
 )
-from pipelines.synthetic import PRESETS, generate
 
 FEATURES = FeaturesConfig(
     default_buckets=40, id_buckets={"user_id": 400, "item_id": 300}, cross_buckets=40, history_len=5

@@ -21,6 +21,7 @@ from models.retriever_train import encode, load_retriever
 from pipelines import io
 from pipelines.batches import to_batch
 from pipelines.config import Config, load_config
+from pipelines.datasets.synthetic import PRESETS, generate
 from pipelines.embedding import embed_items
 from pipelines.frames import build_frames
 from pipelines.retriever import (
@@ -39,7 +40,6 @@ from pipelines.retriever import (
     widen_batch,
     write_candidates,
 )
-from pipelines.synthetic import PRESETS, generate
 from retrieval import index as faiss_index
 from retrieval.config import IndexConfig
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from pipelines import io
-from pipelines.synthetic import (
+from pipelines.datasets.synthetic import (
     AGE_BUCKETS,
     CATEGORIES_L1,
     COLOUR_RGB,
