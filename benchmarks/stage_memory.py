@@ -8,7 +8,7 @@ outputs: `score` needs frames, embeddings, ranker and candidates of D; `retrieve
 embeddings of D (and the input events under the config's data.dir, for purchase exclusion). The config is
 the resolved one stored beside frames/dt=D (`_config.json`), so the stage runs with the settings of the
 nightly run that built its inputs; `--set section.key=value` overrides single values, and `--block-users N`
-sets the stage's users per block (score: SCORE_BLOCK_USERS, retriever: CANDIDATE_BLOCK_USERS).
+sets the stage's users per block (score: ranker.score_block_users, retriever: retriever.candidate_block_users).
 
 The child imports the code of the checkout this script lives in (not an installed copy), runs the stage
 once and prints a JSON line with the stage's summary; the parent prints wall time of the stage call and

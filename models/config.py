@@ -30,6 +30,8 @@ class RetrieverConfig(_Frozen):
     warm_start: bool = True
     top_k: int = Field(100, ge=1)  # candidates per user
     exclude_purchased: bool = True
+    candidate_block_users: int = Field(16_384, ge=1)  # users per search block (memory; a multiple of 4096)
+    eval_block_users: int = Field(8_192, ge=1)  # users per block of the evaluation's metrics (memory)
 
 
 class RankerConfig(_Frozen):
@@ -57,3 +59,5 @@ class RankerConfig(_Frozen):
     ddp: bool = False  # torchrun data-parallel
     quantize_int8: bool = False  # dynamic INT8 Linear layers for CPU scoring
     warm_start: bool = True
+    prefetch_batches: int = Field(0, ge=0)  # training batches read ahead by a thread (0: none)
+    score_block_users: int = Field(4_096, ge=1)  # users per block of the score stage (memory)

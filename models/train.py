@@ -59,11 +59,9 @@ log = logging.getLogger(__name__)
 
 _DDP_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 _CHECKPOINT_KIND = "ranker"
-# batches read ahead by the background thread of train_ranker (0: read in the training thread). Off by
-# default: on the shared 2-core box it did not pay (docs/ranking.md, "Training speed"); where a core is
-# free for it, 4 overlaps the Parquet read with the step. Would be RankerConfig.prefetch_batches
-# (models/config.py is not this module's to change).
-PREFETCH_BATCHES = 0
+# batches read ahead by the background thread of train_ranker (0: read in the training thread); the
+# stage passes ranker.prefetch_batches (docs/ranking.md, "Training speed", says when it pays)
+PREFETCH_BATCHES: int = RankerConfig.model_fields["prefetch_batches"].default
 _PUT_POLL_S = 0.1  # how often a blocked producer checks whether the consumer went away
 
 

@@ -31,6 +31,7 @@ class DataConfig(_Frozen):
     out: Path = Path("out")  # output root: <out>/<dataset>/dt=YYYY-MM-DD/
     train_window_days: int = Field(14, ge=1)  # W: days up to and including the run date D
     history_lookback_days: int = Field(30, ge=1)  # events read before the window for history features
+    events_per_block: int = Field(1_000_000, ge=1)  # events per user block of the frames stage (memory)
 
 
 class FunnelConfig(_Frozen):

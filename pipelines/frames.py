@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 DATASET = "frames"
 _TS = pl.Datetime("us", "UTC")
 _EVENT_COLS = ("user_id", "item_id", "event", "ts", "dt")
-EVENTS_PER_BLOCK = 1_000_000  # events per user block when build_frames picks the block count itself
+EVENTS_PER_BLOCK: int = DataConfig.model_fields["events_per_block"].default  # choose_blocks' default
 _BLOCK_HASH_SEED = 0x0B10C5  # murmur3 seed of user_id -> block (not the features' hash seed)
 # folder inside the staged partition for the per-block events / examples files; removed before the commit
 _SCRATCH = "_scratch"
@@ -753,7 +753,7 @@ def build_frames(
 
     Memory does not grow with the number of events: one pass over the event partitions (a day at a time)
     splits the events by user block (murmur3 of user_id mod `n_blocks`; default `choose_blocks` of the
-    events read, ~EVENTS_PER_BLOCK events a block) into scratch files inside the staged partition and
+    events read, ~data.events_per_block events a block) into scratch files inside the staged partition and
     aggregates the global pieces (items available per day, seen items); then each block is processed
     alone, twice: (1) examples and negatives, adding to the numeric moments of the training rows, (2) once
     the statistics are known, point-in-time features, standardisation, and one append to every output file.
@@ -797,7 +797,7 @@ def build_frames(
     as_of = datetime.combine(eval_day, datetime.min.time(), tzinfo=UTC)  # end of D: ts < D+1 00:00
     if n_blocks is None:
         n_events = io.scan_events(data_dir, hist_from, eval_day).select(pl.len()).collect().item()
-        n_blocks = choose_blocks(n_events)
+        n_blocks = choose_blocks(n_events, data.events_per_block)
 
     with io.staged_partition(out, DATASET, dt, run) as stage:
         scratch = stage.path(_SCRATCH)

@@ -10,7 +10,7 @@ Two stages, one call each (docs/ranking.md):
   candidate) pair, built from frames users.parquet (features as of the end of D), items.parquet and the
   crossed fields hashed from the raw attributes -> `scores/dt=D/part-0.parquet` (user_id, item_id, score,
   rank), plus the full-funnel NDCG@10 / Recall@10 of ranker, retriever and popularity orders. Candidates
-  are read, featurised, scored, ranked and appended per block of users (`SCORE_BLOCK_USERS`), and the
+  are read, featurised, scored, ranked and appended per block of users (`ranker.score_block_users`), and the
   funnel is summed per block (`FunnelAccumulator`), so memory follows the block, not the pair count.
 
 The helpers (`prepare_data`, `fit`, `evaluate_split`, `pair_features`, `rank_by_score`, `funnel_metrics`)

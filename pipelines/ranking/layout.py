@@ -13,6 +13,4 @@ FUNNEL_K = 10
 POPULARITY_DAYS = 7
 IMPORTANCE_ROWS = 20_000  # rows of the permutation-importance sample
 SCORE_CHUNK = 8_192  # pairs per forward pass when scoring (same scores as 65,536; a tenth of the activations)
-# users whose candidates are featurised, scored and ranked together (memory follows the block)
-SCORE_BLOCK_USERS = 4_096
 DEFAULT_HIST_LEN = 10

@@ -40,7 +40,6 @@ from pipelines.ranking.layout import (
     FUNNEL_FILE,
     FUNNEL_K,
     MODEL_FILE,
-    SCORE_BLOCK_USERS,
     SCORE_CHUNK,
     SCORES,
 )
@@ -126,11 +125,12 @@ def score_stage(
     device: str,
     run: io.RunInfo,
     *,
-    block_users: int = SCORE_BLOCK_USERS,
+    block_users: int | None = None,
 ) -> dict[str, Any]:
     """Score every (user, candidate) pair of candidates/dt=D with the ranker of D -> scores/dt=D/part-0.
 
-    Candidates are processed per block of `block_users` users (ascending user_id): features, scores, ranks
+    Candidates are processed per block of `block_users` users (default cfg.score_block_users; ascending
+    user_id): features, scores, ranks
     and the funnel sums of one block at a time, each block appended to the scores file, so memory grows
     with the block, not with the number of pairs. The output is the same for any block size (rows sorted
     by user_id then rank). When candidates/dt=D is not committed, the distinct (user, item) pairs of
@@ -141,6 +141,7 @@ def score_stage(
     popularity orders.
     """
     out = Path(out)
+    block_users = block_users or cfg.score_block_users
     dev = resolve_device(device)
     model, meta, model_dt = _load_model(out, dt)
     vocab = load_vocab(out, dt)

@@ -73,7 +73,10 @@ def fit(
     def valid_batches() -> Iterator[Batch]:
         return stream_batches(data.valid, data.spec, cfg.batch_size, data.content)
 
-    result = train_ranker(model, train_batches, valid_batches, cfg, seed, device, progress=progress)
+    result = train_ranker(
+        model, train_batches, valid_batches, cfg, seed, device, progress=progress,
+        prefetch_batches=cfg.prefetch_batches,
+    )  # fmt: skip
     return model, result, info
 
 

@@ -226,6 +226,7 @@ def evaluate(
     baselines: bool = True,
     *,
     ranked_rows: np.ndarray | None = None,
+    block_users: int = EVAL_BLOCK_USERS,
 ) -> dict[str, Any]:
     """Metrics of the model's ranking of every user and of the baselines, on the positives of D+1.
 
@@ -276,15 +277,15 @@ def evaluate(
                 "eval_user_rows(inputs)"
             )
         ranked = model_ranked[at]
-    out["model"] = ranking_metrics(ranked, relevant, inputs.n_items)
+    out["model"] = ranking_metrics(ranked, relevant, inputs.n_items, block_users=block_users)
     if not baselines:
         return out
     sub_excl = exclude[user_rows] if exclude is not None else None
-    pop = popularity_positions(popularity_counts(inputs), len(user_rows), k_max, sub_excl)
-    out["popularity_7d"] = ranking_metrics(pop, relevant, inputs.n_items)
+    pop = popularity_positions(popularity_counts(inputs), len(user_rows), k_max, sub_excl, block_users)
+    out["popularity_7d"] = ranking_metrics(pop, relevant, inputs.n_items, block_users=block_users)
     if als_available():
         als, figures = als_positions(inputs, user_rows, k_max, exclude, seed)
-        out["als"] = {**ranking_metrics(als, relevant, inputs.n_items), **figures}
+        out["als"] = {**ranking_metrics(als, relevant, inputs.n_items, block_users=block_users), **figures}
     else:
         out["als"] = {"status": "not installed (pip install implicit to add the ALS baseline)"}
     return out

@@ -1,5 +1,7 @@
 """Names and block sizes shared by the retriever stage's modules."""
 
+from models.config import RetrieverConfig
+
 DATASET = "retriever"
 CANDIDATES = "two_tower"  # the user-tower lists; the published candidates/ come from pipelines.funnel
 MODEL_FILE = "model.pt"
@@ -8,14 +10,9 @@ METRICS_FILE = "metrics.json"
 EVAL_KS = (10, 50, 100)
 VALID_K = 50  # early stopping watches full-catalogue Recall@50 on retriever_valid
 POPULARITY_DAYS = 7
-# Users per block of the evaluation's metrics and popularity ranking: their [Q, 100] temporaries (sorts of
-# every (user, item) key) held ~0.5 GB for the 71.5k eval users of the large preset when done at once.
-EVAL_BLOCK_USERS = 8_192
-TRAIN_READ_ROWS = 131_072  # rows per part when reading retriever_train into tensors
+# defaults of the library functions; the stage passes the config's values
+EVAL_BLOCK_USERS: int = RetrieverConfig.model_fields["eval_block_users"].default
+CANDIDATE_BLOCK_USERS: int = RetrieverConfig.model_fields["candidate_block_users"].default
+TRAIN_READ_ROWS = 131_072  # rows per part when reading retriever_train into tensors (memory)
 ENCODE_CHUNK = 4096  # rows per forward pass when embedding users / items
-# validation scores every user against the whole catalogue in chunks of about this many MB ([rows, N] float32);
-# 4,096 users x 50k items was 0.8 GB
-VALID_SCORE_MB = 64
-CANDIDATE_BLOCK_USERS = (
-    16_384  # users per search block: a multiple of the 4096 queries FAISS scores per BLAS call
-)
+VALID_SCORE_MB = 64  # validation scores users against the catalogue in [rows, N] chunks of about this size

@@ -22,7 +22,6 @@ from pipelines.io import RunInfo
 from pipelines.retriever.data import load_inputs
 from pipelines.retriever.evaluate import eval_user_rows, evaluate, purchase_mask
 from pipelines.retriever.layout import (
-    CANDIDATE_BLOCK_USERS,
     CANDIDATES,
     DATASET,
     EVAL_KS,
@@ -72,7 +71,7 @@ def train_retriever_stage(
     *,
     data_dir: Path | None = None,
     progress: bool = False,
-    block_users: int = CANDIDATE_BLOCK_USERS,
+    block_users: int | None = None,
 ) -> dict[str, Any]:
     """Train the retriever of day D, commit retriever/dt=D and candidates/dt=D; returns a summary.
 
@@ -89,7 +88,7 @@ def train_retriever_stage(
         run: run info written into both manifests (its run_id is the model id).
         data_dir: input folder, for the purchase pairs (default: run.config["data"]["dir"]).
         progress: tqdm bars.
-        block_users: users per search block.
+        block_users: users per search block (default: cfg.candidate_block_users).
     """
     out = Path(out)
     t0 = time.perf_counter()
@@ -105,14 +104,24 @@ def train_retriever_stage(
     with io.staged_partition(out, CANDIDATES, dt, run) as cand_stage:
         with cand_stage.table_writer() as writer:
             ranked_rows, eval_ranked = write_candidates(
-                writer, index, user_emb, inputs.user_ids, exclude, cfg.top_k, k_search, eval_rows, block_users
+                writer,
+                index,
+                user_emb,
+                inputs.user_ids,
+                exclude,
+                cfg.top_k,
+                k_search,
+                eval_rows,
+                block_users or cfg.candidate_block_users,
             )
         cand_stage.add_inputs(f"{DATASET}/dt={dt.isoformat()}")
         cand_stage.extra.update(
             {"model_id": run.run_id, "top_k": cfg.top_k, "exclude_purchased": cfg.exclude_purchased}
         )
         n_candidates = writer.rows
-        evaluation = evaluate(inputs, eval_ranked, exclude, seed, ranked_rows=ranked_rows)
+        evaluation = evaluate(
+            inputs, eval_ranked, exclude, seed, ranked_rows=ranked_rows, block_users=cfg.eval_block_users
+        )
         index_figures = {"kind": index.kind, **{k: v for k, v in index.figures.items() if k != "kind"}}
         metrics = {
             "dt": dt.isoformat(),
