@@ -58,6 +58,7 @@ from pipelines.errors import is_transient
 from pipelines.frames import build_frames
 from pipelines.funnel import funnel_stage
 from pipelines.lock import run_lock
+from pipelines.names import CANDIDATES, EMBEDDINGS, FRAMES, FUNNEL, RANKER, RETRIEVER, RUNS, SCORES, TWO_TOWER
 from pipelines.publish import publish
 from pipelines.ranking import train_ranker_stage
 from pipelines.ranking.ddp import ddp_ranker_stage
@@ -305,7 +306,7 @@ def report_task(out: Path, dt: date, validation: dict[str, Any]) -> dict[str, An
     return {"html": result["html"], "metrics": result["metrics_path"], "headline": result["headline"]}
 
 
-RUNS_DATASET = "runs"  # runs/dt=D/ is committed last: its manifest marks day D complete
+RUNS_DATASET = RUNS  # runs/dt=D/ is committed last: its manifest marks day D complete
 
 
 @task(cache_policy=NO_CACHE)
@@ -412,27 +413,27 @@ def _run_stages(cfg: Config, dt: date, force: bool) -> dict[str, Any]:
         dt, run, requested_hash, cfg.data, cfg.columns, cfg.features, cfg.sampling, seed,
         files_fingerprint(event_inputs(cfg.data, dt)),
     )  # fmt: skip
-    emb = cached(embeddings_task, "embeddings", ("embeddings",)).submit(
+    emb = cached(embeddings_task, "embeddings", (EMBEDDINGS,)).submit(
         data_dir, out, dt, cfg.embeddings, run, inputs_key=emb_key
     )
-    frames = cached(frames_task, "frames", ("frames",)).submit(
+    frames = cached(frames_task, "frames", (FRAMES,)).submit(
         data_dir, out, dt, cfg.data, cfg.columns, cfg.features, cfg.sampling, seed, run, inputs_key=frames_key
     )
     stages: dict[str, dict[str, Any]] = {"embeddings": emb.result(), "frames": frames.result()}
-    upstream = [partition_fingerprint(out, ds, dt) for ds in ("frames", "embeddings")]
+    upstream = [partition_fingerprint(out, ds, dt) for ds in (FRAMES, EMBEDDINGS)]
 
-    prev_retriever = partition_fingerprint(out, "retriever", io.previous_committed(out, "retriever", dt))
-    stages["retriever"] = cached(train_retriever_task, "train-retriever", ("retriever", "two_tower"))(
+    prev_retriever = partition_fingerprint(out, RETRIEVER, io.previous_committed(out, RETRIEVER, dt))
+    stages["retriever"] = cached(train_retriever_task, "train-retriever", (RETRIEVER, TWO_TOWER))(
         out, dt, cfg.retriever, cfg.index, seed, device, run,
         inputs_key=inputs_key(dt, run, requested_hash, *upstream, prev_retriever),
     )  # fmt: skip
-    prev_ranker = partition_fingerprint(out, "ranker", io.previous_committed(out, "ranker", dt))
-    stages["ranker"] = cached(train_ranker_task, "train-ranker", ("ranker",))(
+    prev_ranker = partition_fingerprint(out, RANKER, io.previous_committed(out, RANKER, dt))
+    stages["ranker"] = cached(train_ranker_task, "train-ranker", (RANKER,))(
         out, dt, cfg.ranker, seed, device, run,
         inputs_key=inputs_key(dt, run, requested_hash, *upstream, prev_ranker),
     )  # fmt: skip
-    from_retriever = partition_fingerprint(out, "retriever", dt)
-    stages["funnel"] = cached(funnel_task, "funnel", ("funnel", "candidates", "scores"))(
+    from_retriever = partition_fingerprint(out, RETRIEVER, dt)
+    stages["funnel"] = cached(funnel_task, "funnel", (FUNNEL, CANDIDATES, SCORES))(
         cfg, dt, device, run,
         inputs_key=inputs_key(
             dt, run, requested_hash, *upstream, from_retriever, files_fingerprint(funnel_inputs(cfg, dt))

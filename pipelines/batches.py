@@ -31,9 +31,8 @@ import torch
 from features.hashing import Vocab, bucket_column
 from models.inputs import Batch, FieldLayout
 from pipelines import io
+from pipelines.names import EMBEDDINGS, FRAMES
 
-FRAMES = "frames"
-EMBEDDINGS = "embeddings"
 SHUFFLE_BUFFER_BATCHES = 16  # rows shuffled together: this many batches (bounded memory)
 
 

@@ -41,10 +41,11 @@ from features.embeddings import (
 )
 from pipelines import io
 from pipelines.io import RunInfo
+from pipelines.names import EMBEDDINGS
 
 log = logging.getLogger(__name__)
 
-DATASET = "embeddings"
+DATASET = EMBEDDINGS
 TABLE = "items"
 TITLE_COL = "title"
 IMAGE_COL = "image_path"

@@ -47,10 +47,11 @@ from features.sampling import sample_negatives_with_stats
 from pipelines import io
 from pipelines.config import DataConfig
 from pipelines.io import RunInfo
+from pipelines.names import FRAMES
 
 log = logging.getLogger(__name__)
 
-DATASET = "frames"
+DATASET = FRAMES
 _TS = pl.Datetime("us", "UTC")
 _EVENT_COLS = ("user_id", "item_id", "event", "ts", "dt")
 EVENTS_PER_BLOCK: int = DataConfig.model_fields["events_per_block"].default  # choose_blocks' default

@@ -45,6 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.config import EmbeddingsConfig
+from pipelines.names import EMBEDDINGS
 
 log = logging.getLogger(__name__)
 
@@ -715,7 +716,7 @@ def _model_slug(model_id: str) -> str:
 
 def embedding_cache_dir(out: Path, modality: str, model_id: str) -> Path:
     """Folder of the cache chunks of one modality ("text" / "image") and one model id."""
-    return dataset_dir(out, "embeddings") / EMBEDDING_CACHE_DIR / modality / _model_slug(model_id)
+    return dataset_dir(out, EMBEDDINGS) / EMBEDDING_CACHE_DIR / modality / _model_slug(model_id)
 
 
 def embedding_cache_files(out: Path, modality: str, model_id: str) -> list[Path]:

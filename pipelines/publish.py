@@ -32,20 +32,21 @@ import pyarrow.parquet as pq
 
 from pipelines import io
 from pipelines.config import PublishConfig
+from pipelines.names import CANDIDATES, FUNNEL, METRICS_FILE, RANKER, RETRIEVER, SCORES
 
 log = logging.getLogger(__name__)
 
 TABLE = "part-0"
 # output contract of the published datasets: column -> accepted polars type classes
 CONTRACT: dict[str, dict[str, tuple[type[pl.DataType], ...]]] = {
-    "candidates": {
+    CANDIDATES: {
         "user_id": (pl.String,),
         "item_id": (pl.String,),
         "rank": (pl.Int16, pl.Int32, pl.Int64, pl.UInt16, pl.UInt32, pl.UInt64),
         "score": (pl.Float32, pl.Float64),
         "source": (pl.String,),
     },
-    "scores": {
+    SCORES: {
         "user_id": (pl.String,),
         "item_id": (pl.String,),
         "score": (pl.Float32, pl.Float64),
@@ -53,8 +54,7 @@ CONTRACT: dict[str, dict[str, tuple[type[pl.DataType], ...]]] = {
         "source": (pl.String,),
     },
 }
-MODEL_DATASETS = ("retriever", "ranker", "funnel")  # the model partitions a published day names
-METRICS_FILE = "metrics.json"
+MODEL_DATASETS = (RETRIEVER, RANKER, FUNNEL)  # the model partitions a published day names
 
 
 class PublishError(ValueError):
@@ -191,7 +191,7 @@ def publish(
     for progress logs and the crash tests for fault injection.
     """
     step = on_step or (lambda _name: None)
-    datasets = [ds for ds, on in (("candidates", cfg.candidates), ("scores", cfg.scores)) if on]
+    datasets = [ds for ds, on in ((CANDIDATES, cfg.candidates), (SCORES, cfg.scores)) if on]
     manifests = {
         ds: check_partition(out, ds, dt, run.config_hash) for ds in datasets
     }  # all, before any write

@@ -35,13 +35,24 @@ import numpy as np
 import polars as pl
 
 from pipelines import io
+from pipelines.names import (
+    CANDIDATES,
+    EMBEDDINGS,
+    FRAMES,
+    FUNNEL,
+    METRICS_FILE,
+    RANKER,
+    REPORTS,
+    RETRIEVER,
+    RUNS,
+    SCORES,
+)
 from retrieval.metrics import ndcg_at_k, recall_at_k
 
 log = logging.getLogger(__name__)
 
-DATASET = "reports"
+DATASET = REPORTS
 HTML_FILE = "report.html"
-METRICS_FILE = "metrics.json"
 NA = "not available"
 FUNNEL_K = 10
 
@@ -208,9 +219,9 @@ def funnel_metrics(out: Path, dt: date, k: int = FUNNEL_K) -> dict[str, Any] | N
     """NDCG@k and Recall@k against the positives of D+1 (frames' eval_retrieval.parquet) of the ranker's
     order (scores) and of the retriever's order (candidates), over the users with a positive on D+1.
     None when the eval day or both rankings are absent."""
-    if not io.is_committed(out, "frames", dt):
+    if not io.is_committed(out, FRAMES, dt):
         return None
-    eval_path = io.partition_dir(out, "frames", dt) / "eval_retrieval.parquet"
+    eval_path = io.partition_dir(out, FRAMES, dt) / "eval_retrieval.parquet"
     if not eval_path.is_file():
         return None
     truth = pl.read_parquet(eval_path).group_by("user_id").agg(pl.col("item_id").unique()).sort("user_id")
@@ -218,7 +229,7 @@ def funnel_metrics(out: Path, dt: date, k: int = FUNNEL_K) -> dict[str, Any] | N
         return None
     relevant = [set(x) for x in truth["item_id"].to_list()]
     result: dict[str, Any] = {"users": truth.height, "k": k}
-    for name, ds in (("ranker", "scores"), ("retriever", "candidates")):
+    for name, ds in (("ranker", SCORES), ("retriever", CANDIDATES)):
         if not io.is_committed(out, ds, dt):
             continue
         ranked = _ranked_lists(
@@ -239,7 +250,7 @@ FUNNEL_METHODS = (
 def _funnel(out: Path, dt: date) -> dict[str, Any] | None:
     """The funnel stage's evaluation (every returning user over the horizon, each list and baseline) when
     funnel/dt=D has one; else the scores stage's own figures; else the figures computed here."""
-    staged = _stage_metrics(out, "funnel", dt)
+    staged = _stage_metrics(out, FUNNEL, dt)
     if staged is not None:
         ev = staged.get("eval") or {}
         result: dict[str, Any] = {"order": staged.get("order"), "training": staged.get("training")}
@@ -253,7 +264,7 @@ def _funnel(out: Path, dt: date) -> dict[str, Any] | None:
                 methods={m: ev[m] for m in FUNNEL_METHODS if m in ev},
             )
         return result
-    scores = _manifest(out, "scores", dt)
+    scores = _manifest(out, SCORES, dt)
     stage = (scores or {}).get("funnel")
     if isinstance(stage, Mapping) and stage.get("users"):
         return dict(stage)
@@ -267,7 +278,7 @@ def data_summary(out: Path, dt: date, validation: Mapping[str, Any] | None) -> d
         summary["inputs"] = {
             k: validation[k] for k in ("events", "users", "items", "partitions") if k in validation
         }
-    frames = _manifest(out, "frames", dt)
+    frames = _manifest(out, FRAMES, dt)
     if frames:
         summary["frames_rows"] = frames.get("rows", {})
         collisions = frames.get("collisions") or {}
@@ -276,7 +287,7 @@ def data_summary(out: Path, dt: date, validation: Mapping[str, Any] | None) -> d
             for name, c in collisions.items()
         }
         summary["window"] = frames.get("window")
-    emb = _manifest(out, "embeddings", dt)
+    emb = _manifest(out, EMBEDDINGS, dt)
     if emb:
         counts = emb.get("counts", {})
         n = counts.get("items") or 0
@@ -319,11 +330,11 @@ def collect(
     """Every number of the report of day `dt` as one JSON-able dict (what metrics.json holds)."""
     out = Path(out)
     if validation is None:  # `recsys report` after the fact: the run marker has the validation stats
-        runs = _manifest(out, "runs", dt)
-        summary = _read_json(io.partition_dir(out, "runs", dt) / "summary.json") if runs else None
+        runs = _manifest(out, RUNS, dt)
+        summary = _read_json(io.partition_dir(out, RUNS, dt) / "summary.json") if runs else None
         validation = (summary or {}).get("validation")
-    retr = _stage_metrics(out, "retriever", dt)
-    rank = _stage_metrics(out, "ranker", dt)
+    retr = _stage_metrics(out, RETRIEVER, dt)
+    rank = _stage_metrics(out, RANKER, dt)
     report: dict[str, Any] = {
         "date": dt.isoformat(),
         "data": data_summary(out, dt, validation),
@@ -334,8 +345,7 @@ def collect(
         "singular_values": singular_value_lists(rank) if rank else None,
         "funnel": _funnel(out, dt),
         "published": {
-            ds: (_manifest(out, ds, dt) or {}).get("published", {}).get("rows")
-            for ds in ("candidates", "scores")
+            ds: (_manifest(out, ds, dt) or {}).get("published", {}).get("rows") for ds in (CANDIDATES, SCORES)
         },
     }
     report["headline"] = headline(report)

@@ -8,17 +8,9 @@ of an instant), `train` (the ranker on the lists, the guard), `evaluate` (the fi
 """
 
 from pipelines.funnel.evaluate import not_enough
-from pipelines.funnel.layout import (
-    CANDIDATES,
-    DATASET,
-    FRAMES,
-    METRICS_FILE,
-    MODEL_FILE,
-    RETRIEVER,
-    SCORES,
-    TWO_TOWER,
-)
+from pipelines.funnel.layout import DATASET
 from pipelines.funnel.stage import funnel_stage
+from pipelines.names import CANDIDATES, FRAMES, METRICS_FILE, MODEL_FILE, RETRIEVER, SCORES, TWO_TOWER
 
 __all__ = ["CANDIDATES", "DATASET", "FRAMES", "METRICS_FILE", "MODEL_FILE", "RETRIEVER", "SCORES", "TWO_TOWER",
            "funnel_stage", "not_enough"]  # fmt: skip

@@ -12,8 +12,9 @@ import polars as pl
 from pipelines import io
 from pipelines.config import FunnelConfig
 from pipelines.funnel.inputs import Inputs
-from pipelines.funnel.layout import NDCG_K, RECALL_K, TWO_TOWER
+from pipelines.funnel.layout import NDCG_K, RECALL_K
 from pipelines.funnel.lists import Sources, confidence
+from pipelines.names import TWO_TOWER
 from retrieval.baselines import als_available, als_recommend, fit_als
 from retrieval.metrics import list_metrics
 

@@ -12,7 +12,7 @@ import polars as pl
 from features.config import EVENT_TYPES
 from pipelines import io
 from pipelines.config import FunnelConfig
-from pipelines.funnel.layout import FRAMES, RETRIEVER
+from pipelines.names import FRAMES, RETRIEVER
 
 CATEGORY_AUTO = ("category_l2", "category", "category_l1")
 

@@ -45,9 +45,10 @@ from pipelines import io
 from pipelines.config import FunnelConfig
 from pipelines.funnel.evaluate import evaluate
 from pipelines.funnel.inputs import load_inputs, midnight, positives
-from pipelines.funnel.layout import CANDIDATES, DATASET, METRICS_FILE, MODEL_FILE, RECALL_K, SCORES
+from pipelines.funnel.layout import DATASET, RECALL_K
 from pipelines.funnel.lists import fusion_weights, popular_for, rerank, sources_as_of, user_lists
 from pipelines.funnel.train import Trained, arrays, logits, train_on_lists, training_lists
+from pipelines.names import CANDIDATES, METRICS_FILE, MODEL_FILE, SCORES
 from retrieval import sources as src
 
 log = logging.getLogger(__name__)

@@ -19,10 +19,11 @@ block sizes), `data` (frames -> batches, the model), `train` (`fit`, `train_rank
 (metrics and diagnostics), `pairs` (features of candidate pairs), `funnel_metrics`, `score` (`score_stage`).
 """
 
+from pipelines.names import MODEL_FILE, SCORES
 from pipelines.ranking.data import RankerData, build_model, prepare_data
 from pipelines.ranking.evaluate import evaluate_split
 from pipelines.ranking.funnel_metrics import FunnelAccumulator, funnel_metrics, popular_items, rank_by_score
-from pipelines.ranking.layout import DATASET, FUNNEL_K, MODEL_FILE, SCORES
+from pipelines.ranking.layout import DATASET, FUNNEL_K
 from pipelines.ranking.pairs import pair_features
 from pipelines.ranking.score import score_stage
 from pipelines.ranking.train import TrainedRanker, commit_ranker, fit, train_and_evaluate, train_ranker_stage

@@ -24,7 +24,8 @@ from pipelines.batches import (
     longest_hist,
     spec_for,
 )
-from pipelines.ranking.layout import DEFAULT_HIST_LEN, EMBEDDINGS, FRAMES, SIDES
+from pipelines.names import EMBEDDINGS, FRAMES
+from pipelines.ranking.layout import DEFAULT_HIST_LEN, SIDES
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,8 @@ import numpy as np
 import polars as pl
 
 from pipelines import io
-from pipelines.ranking.layout import FRAMES, FUNNEL_K, POPULARITY_DAYS
+from pipelines.names import FRAMES
+from pipelines.ranking.layout import FUNNEL_K, POPULARITY_DAYS
 from retrieval.metrics import ndcg_at_k, recall_at_k
 
 log = logging.getLogger(__name__)

@@ -1,12 +1,9 @@
 """Names and settings shared by the ranker stages: datasets, files, block and chunk sizes."""
 
-DATASET = "ranker"
-SCORES = "scores"
-FRAMES = "frames"
-EMBEDDINGS = "embeddings"
-CANDIDATES = "two_tower"  # the retriever's lists (pipelines.retriever.CANDIDATES)
-MODEL_FILE = "model.pt"
-METRICS_FILE = "metrics.json"
+from pipelines.names import RANKER, TWO_TOWER
+
+DATASET = RANKER
+CANDIDATES = TWO_TOWER  # what the score stage reorders: the retriever's lists
 FUNNEL_FILE = "funnel.json"
 SIDES = ("user", "item", "cross")
 FUNNEL_K = 10

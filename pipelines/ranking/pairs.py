@@ -11,8 +11,8 @@ import polars as pl
 
 from features.hashing import FieldSpec, Vocab, bucketize, strings_as_categorical
 from pipelines import io
+from pipelines.names import FRAMES
 from pipelines.ranking.data import frames_config
-from pipelines.ranking.layout import FRAMES
 
 log = logging.getLogger(__name__)
 

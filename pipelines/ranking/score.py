@@ -30,19 +30,10 @@ from pipelines.batches import (
     parquet_rows,
     to_batch,
 )
+from pipelines.names import EMBEDDINGS, FRAMES, MODEL_FILE, SCORES
 from pipelines.ranking.evaluate import sigmoid
 from pipelines.ranking.funnel_metrics import FunnelAccumulator, popular_items, rank_by_score
-from pipelines.ranking.layout import (
-    CANDIDATES,
-    DATASET,
-    EMBEDDINGS,
-    FRAMES,
-    FUNNEL_FILE,
-    FUNNEL_K,
-    MODEL_FILE,
-    SCORE_CHUNK,
-    SCORES,
-)
+from pipelines.ranking.layout import CANDIDATES, DATASET, FUNNEL_FILE, FUNNEL_K, SCORE_CHUNK
 from pipelines.ranking.pairs import join_pair_features, pair_tables, raw_attributes
 from pipelines.ranking.train import spec_from_json
 

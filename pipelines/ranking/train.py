@@ -30,9 +30,10 @@ from pipelines.batches import (
     parquet_rows,
     stream_batches,
 )
+from pipelines.names import EMBEDDINGS, FRAMES, METRICS_FILE, MODEL_FILE
 from pipelines.ranking.data import RankerData, build_model, prepare_data
 from pipelines.ranking.evaluate import cross_spectrum, evaluate_split, field_importance, int8_report
-from pipelines.ranking.layout import DATASET, EMBEDDINGS, FRAMES, METRICS_FILE, MODEL_FILE
+from pipelines.ranking.layout import DATASET
 
 log = logging.getLogger(__name__)
 

@@ -29,6 +29,7 @@ Modules: `layout` (names, block sizes), `data` (inputs), `train` (`fit`), `evalu
 metrics), `lists` (index and per-user lists), `stage` (`train_retriever_stage`).
 """
 
+from pipelines.names import ITEM_EMB_FILE, MODEL_FILE
 from pipelines.retriever.data import (
     RetrieverInputs,
     compact_batch,
@@ -44,7 +45,7 @@ from pipelines.retriever.evaluate import (
     ranking_metrics,
     relevant_positions,
 )
-from pipelines.retriever.layout import CANDIDATES, DATASET, EVAL_KS, ITEM_EMB_FILE, MODEL_FILE
+from pipelines.retriever.layout import CANDIDATES, DATASET, EVAL_KS
 from pipelines.retriever.lists import candidates_frame, embed_and_index, write_candidates
 from pipelines.retriever.stage import train_retriever_stage
 from pipelines.retriever.train import build_model, fit

@@ -1,12 +1,10 @@
 """Names and block sizes shared by the retriever stage's modules."""
 
 from models.config import RetrieverConfig
+from pipelines.names import RETRIEVER, TWO_TOWER
 
-DATASET = "retriever"
-CANDIDATES = "two_tower"  # the user-tower lists; the published candidates/ come from pipelines.funnel
-MODEL_FILE = "model.pt"
-ITEM_EMB_FILE = "item_emb.npy"
-METRICS_FILE = "metrics.json"
+DATASET = RETRIEVER
+CANDIDATES = TWO_TOWER  # the user tower's lists; the published candidates/ come from pipelines.funnel
 EVAL_KS = (10, 50, 100)
 VALID_K = 50  # early stopping watches full-catalogue Recall@50 on retriever_valid
 POPULARITY_DAYS = 7

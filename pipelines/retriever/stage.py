@@ -19,17 +19,10 @@ from pipelines.batches import (
     FRAMES,
 )
 from pipelines.io import RunInfo
+from pipelines.names import ITEM_EMB_FILE, METRICS_FILE, MODEL_FILE
 from pipelines.retriever.data import load_inputs
 from pipelines.retriever.evaluate import eval_user_rows, evaluate, purchase_mask
-from pipelines.retriever.layout import (
-    CANDIDATES,
-    DATASET,
-    EVAL_KS,
-    ITEM_EMB_FILE,
-    METRICS_FILE,
-    MODEL_FILE,
-    VALID_K,
-)
+from pipelines.retriever.layout import CANDIDATES, DATASET, EVAL_KS, VALID_K
 from pipelines.retriever.lists import embed_and_index, write_candidates
 from pipelines.retriever.train import fit
 from retrieval import index as faiss_index

@@ -90,8 +90,8 @@ def test_two_tower_hits_rank_as_if_the_exclusions_were_removed_first(tmp_path: P
     from types import SimpleNamespace
 
     from pipelines.funnel.evaluate import two_tower_hits
-    from pipelines.funnel.layout import TWO_TOWER
     from pipelines.funnel.lists import rerank
+    from pipelines.names import TWO_TOWER
 
     dt = date(2024, 3, 1)
     rng = np.random.default_rng(0)
