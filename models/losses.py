@@ -14,9 +14,13 @@ and a loss. Each adjustment is its own function so it can be tested by hand and 
   columns, so that cold items are also seen as negatives (Yang et al. 2020, "Mixed Negative Sampling for
   Learning Two-tower Neural Networks in Recommendations").
 * `info_nce`: softmax cross-entropy with the diagonal (row i's own item) as the target, composing the pieces.
+* `symmetric_info_nce`: the two-way loss of aligned pairs (a->b and b->a), and `LearnableTemperature`, a
+  clamped learnt tau (CLIP), used by the cross-modal item encoder and as options of the retriever loss.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -206,3 +210,79 @@ def info_nce(
     if sample_weight is None:
         return per_row.mean()
     return (per_row * sample_weight).sum() / sample_weight.sum().clamp_min(torch.finfo(per_row.dtype).tiny)
+
+
+class LearnableTemperature(torch.nn.Module):
+    """A softmax temperature learnt as ``log(1 / tau)``, clamped to ``[min_tau, max_tau]``.
+
+    CLIP (Radford et al. 2021, section 2.5) learns the logit scale ``1 / tau`` in log space, initialised at
+    ``tau = 0.07`` and clipped so the logits are never scaled by more than 100 (``tau >= 0.01``); the same
+    bounds are the defaults here. The clamp keeps a gradient at the bounds from pushing the scale further.
+
+    Calling the module returns the current tau as a [] float32 tensor (with gradient), to pass as the
+    `temperature` of `in_batch_logits` / `info_nce` / `symmetric_info_nce`.
+    """
+
+    def __init__(self, init: float = 0.07, min_tau: float = 0.01, max_tau: float = 1.0) -> None:
+        super().__init__()
+        if not 0.0 < min_tau <= init <= max_tau:
+            raise ValueError(
+                f"LearnableTemperature: need 0 < min_tau <= init <= max_tau, got {min_tau}, {init}, {max_tau}"
+            )
+        self.min_tau = float(min_tau)
+        self.max_tau = float(max_tau)
+        self.log_scale = torch.nn.Parameter(torch.tensor(-math.log(init), dtype=torch.float32))
+
+    def forward(self) -> torch.Tensor:
+        scale = self.log_scale.clamp(-math.log(self.max_tau), -math.log(self.min_tau)).exp()
+        return 1.0 / scale
+
+
+def symmetric_info_nce(
+    a_emb: torch.Tensor,
+    b_emb: torch.Tensor,
+    temperature: float | torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Two-way InfoNCE of a batch of aligned pairs: ``(CE(a -> b) + CE(b -> a)) / 2``.
+
+    Row i of `a_emb` and row i of `b_emb` are a positive pair (an item's image and its title, or a user and
+    the item it chose); every other row of the other side is a negative. The a->b term is a softmax over
+    the rows of b for each row of a, the b->a term over the rows of a for each row of b (the transpose of
+    the same logits), as in CLIP's loss.
+
+    Args:
+        a_emb: [B, D] float32, L2-normalised.
+        b_emb: [B, D] float32, L2-normalised; row i pairs with row i of `a_emb`.
+        temperature: tau > 0, a float or a [] tensor (e.g. `LearnableTemperature()`).
+        mask: [B] bool, rows that take part (pairs with both sides present) or None (all). Masked rows are
+            neither anchors nor negatives. Fewer than 2 kept rows give a zero loss (nothing to contrast).
+
+    Returns:
+        [] float32 scalar loss.
+
+    >>> x = torch.eye(3)
+    >>> bool(symmetric_info_nce(x, x, 0.1) < symmetric_info_nce(x, x.roll(1, 0), 0.1))
+    True
+    """
+    if a_emb.ndim != 2 or a_emb.shape != b_emb.shape:
+        raise ValueError(
+            f"symmetric_info_nce: expected a_emb and b_emb of the same shape [B, D], got "
+            f"{tuple(a_emb.shape)} and {tuple(b_emb.shape)}"
+        )
+    tau = torch.as_tensor(temperature, dtype=a_emb.dtype, device=a_emb.device)
+    if bool((tau <= 0).any()):
+        raise ValueError(f"symmetric_info_nce: temperature must be > 0, got {float(tau)}")
+    if mask is not None:
+        if mask.shape != (a_emb.shape[0],):
+            raise ValueError(
+                f"symmetric_info_nce: mask must be [B] = [{a_emb.shape[0]}], got {tuple(mask.shape)}"
+            )
+        a_emb, b_emb = a_emb[mask], b_emb[mask]
+    b = a_emb.shape[0]
+    if b < 2:
+        return (a_emb.sum() + b_emb.sum()) * 0.0
+    logits = a_emb @ b_emb.T / tau  # (B, B)
+    target = torch.arange(b, device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))

@@ -11,11 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.losses import (
+    LearnableTemperature,
     in_batch_logits,
     info_nce,
     logq_correction,
     mixed_negative_logits,
     remove_accidental_hits,
+    symmetric_info_nce,
 )
 
 E = math.e
@@ -204,3 +206,48 @@ def test_info_nce_invariant_to_shuffling_pairs_together(b: int, seed: int, data:
         ).item()
 
     assert loss(perm) == pytest.approx(loss(torch.arange(b)), rel=1e-9, abs=1e-12)
+
+
+def test_symmetric_info_nce_is_the_mean_of_both_directions():
+    torch.manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(6, 4), dim=1)
+    b = torch.nn.functional.normalize(torch.randn(6, 4), dim=1)
+    logits = a @ b.T / 0.1
+    target = torch.arange(6)
+    want = 0.5 * (
+        torch.nn.functional.cross_entropy(logits, target)
+        + torch.nn.functional.cross_entropy(logits.T, target)
+    )
+    assert torch.allclose(symmetric_info_nce(a, b, 0.1), want)
+    # symmetric in its arguments
+    assert torch.allclose(symmetric_info_nce(a, b, 0.1), symmetric_info_nce(b, a, 0.1))
+
+
+def test_symmetric_info_nce_mask_drops_rows_entirely():
+    torch.manual_seed(1)
+    a = torch.nn.functional.normalize(torch.randn(5, 3), dim=1)
+    b = torch.nn.functional.normalize(torch.randn(5, 3), dim=1)
+    keep = torch.tensor([True, False, True, True, False])
+    assert torch.allclose(symmetric_info_nce(a, b, 0.2, mask=keep), symmetric_info_nce(a[keep], b[keep], 0.2))
+    one = torch.tensor([True, False, False, False, False])
+    assert float(symmetric_info_nce(a, b, 0.2, mask=one)) == 0.0
+
+
+def test_learnable_temperature_starts_at_init_and_stays_clamped():
+    t = LearnableTemperature(init=0.07)
+    assert abs(float(t()) - 0.07) < 1e-6
+    with torch.no_grad():
+        t.log_scale.fill_(50.0)
+    assert abs(float(t()) - 0.01) < 1e-6
+    with torch.no_grad():
+        t.log_scale.fill_(-50.0)
+    assert abs(float(t()) - 1.0) < 1e-6
+    with pytest.raises(ValueError):
+        LearnableTemperature(init=0.001)
+
+
+def test_learnable_temperature_gets_a_gradient_through_the_loss():
+    t = LearnableTemperature()
+    a = torch.nn.functional.normalize(torch.randn(4, 3), dim=1)
+    symmetric_info_nce(a, a, t()).backward()
+    assert t.log_scale.grad is not None and float(t.log_scale.grad) != 0.0
