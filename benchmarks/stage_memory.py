@@ -1,14 +1,15 @@
 """Wall time and peak memory of one pipeline stage run alone, in a fresh child process.
 
-    .venv/bin/python benchmarks/stage_memory.py --out /tmp/x/large/out --date 2024-03-29 --stage score
+    .venv/bin/python benchmarks/stage_memory.py --out /tmp/x/large/out --date 2024-03-29 --stage ranker
     .venv/bin/python benchmarks/stage_memory.py --out /tmp/x/large/out --date 2024-03-29 --stage retriever
 
 The stage reads (and replaces) the committed partitions of `--out`, so point it at a copy of a nightly run's
-outputs: `score` needs frames, embeddings, ranker and candidates of D; `retriever` needs frames and
+outputs: `ranker` (the pointwise ranker stage) needs frames and embeddings of D; `retriever` needs frames and
 embeddings of D (and the input events under the config's data.dir, for purchase exclusion). The config is
 the resolved one stored beside frames/dt=D (`_config.json`), so the stage runs with the settings of the
 nightly run that built its inputs; `--set section.key=value` overrides single values, and `--block-users N`
-sets the stage's users per block (score: ranker.score_block_users, retriever: retriever.candidate_block_users).
+sets the retriever's users per search block (retriever.candidate_block_users). The funnel stage has its
+own benchmark, benchmarks/funnel_stage.py.
 
 The child imports the code of the checkout this script lives in (not an installed copy), runs the stage
 once and prints a JSON line with the stage's summary; the parent prints wall time of the stage call and
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("score", "retriever")
+STAGES = ("ranker", "retriever")
 
 
 def _config(out: Path, dt: str, sets: list[str]):  # noqa: ANN202
@@ -57,10 +58,13 @@ def child(out: Path, dt: str, stage: str, device: str, sets: list[str], block_us
     run = io.RunInfo.new(config_to_dict(cfg), chash, run_id="stagemem")
     blocks = {} if block_users is None else {"block_users": block_users}
     t0 = time.perf_counter()
-    if stage == "score":
-        from pipelines.ranking import score_stage
+    if stage == "ranker":
+        from pipelines.ranking import train_ranker_stage
 
-        summary = score_stage(out, d, cfg.ranker, device, run, **blocks)
+        if blocks:
+            raise SystemExit("--block-users applies to the retriever stage only")
+        summary = train_ranker_stage(out, d, cfg.ranker, cfg.runtime.seed, device, run)
+        summary.pop("metrics", None)
     else:
         from pipelines.retriever import train_retriever_stage
 

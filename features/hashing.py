@@ -190,6 +190,12 @@ class Vocab:
     def names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.fields)
 
+    def item_id_field(self) -> FieldSpec | None:
+        """The item field hashed from item_id alone (its buckets fill the `hist` lists), or None when there is
+        not exactly one."""
+        hits = [f for f in self.fields if f.side == "item" and tuple(f.sources) == ("item_id",)]
+        return hits[0] if len(hits) == 1 else None
+
     def vocab_sizes(self) -> dict[str, int]:
         """Rows of each field in the shared table, null bucket included (== FieldLayout.sizes)."""
         return {f.name: f.buckets for f in self.fields}

@@ -60,4 +60,3 @@ class RankerConfig(_Frozen):
     quantize_int8: bool = False  # dynamic INT8 Linear layers for CPU scoring
     warm_start: bool = True
     prefetch_batches: int = Field(0, ge=0)  # training batches read ahead by a thread (0: none)
-    score_block_users: int = Field(4_096, ge=1)  # users per block of the score stage (memory)

@@ -31,6 +31,7 @@ import torch
 from features.hashing import Vocab, bucket_column
 from models.inputs import Batch, FieldLayout
 from pipelines import io
+from pipelines.frames import layout as frames
 from pipelines.names import EMBEDDINGS, FRAMES
 
 SHUFFLE_BUFFER_BATCHES = 16  # rows shuffled together: this many batches (bounded memory)
@@ -59,7 +60,7 @@ class ItemContent:
 
 def load_vocab(out: Path, dt: date) -> Vocab:
     """The vocab of frames/dt=D (field names, bucket counts, sides)."""
-    return Vocab.from_json(json.loads(io.committed_path(out, FRAMES, dt, "vocab.json").read_text()))
+    return Vocab.from_json(json.loads(io.committed_path(out, FRAMES, dt, frames.VOCAB_FILE).read_text()))
 
 
 def _matrix(col: pl.Series) -> np.ndarray:
@@ -72,10 +73,10 @@ def load_item_content(out: Path, dt: date) -> ItemContent:
 
     Items of the frames catalogue that the embeddings partition lacks get zero vectors and masks 0.
     """
-    items = io.read_table(out, FRAMES, dt, "items").select("item_id", "item_idx").sort("item_idx")
+    items = io.read_table(out, FRAMES, dt, frames.ITEMS).select("item_id", "item_idx").sort("item_idx")
     if not (items["item_idx"].to_numpy() == np.arange(items.height)).all():
         raise ValueError(
-            f"{io.partition_dir(out, FRAMES, dt)}/items.parquet: item_idx is not 0..N-1; "
+            f"{io.partition_dir(out, FRAMES, dt)}/{frames.ITEMS}.parquet: item_idx is not 0..N-1; "
             "fix: rebuild the frames partition"
         )
     emb = io.read_table(out, EMBEDDINGS, dt, "items").with_row_index("emb_row")

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 
 from pipelines import io
+from pipelines.funnel.layout import NDCG_K as FUNNEL_K
 from pipelines.names import (
     CANDIDATES,
     EMBEDDINGS,
@@ -47,14 +47,12 @@ from pipelines.names import (
     RUNS,
     SCORES,
 )
-from retrieval.metrics import ndcg_at_k, recall_at_k
 
 log = logging.getLogger(__name__)
 
 DATASET = REPORTS
 HTML_FILE = "report.html"
 NA = "not available"
-FUNNEL_K = 10
 
 _RETRIEVAL_RE = re.compile(r"^(?P<metric>recall|ndcg|hit_?rate|hr)(?:@|_at_|_at|_)?(?P<k>\d+)$")
 _RANKING_KEYS = ("auc", "gauc", "logloss", "ece")
@@ -198,50 +196,6 @@ def _stage_metrics(out: Path, dataset: str, dt: date) -> dict[str, Any] | None:
     return _read_json(io.partition_dir(out, dataset, dt) / "metrics.json")
 
 
-def _ranked_lists(df: pl.DataFrame, users: pl.Series, k: int) -> np.ndarray:
-    """[U, k] str item ids per user of `users` (in that order) by ascending rank, padded with ""."""
-    top = (
-        df.filter(pl.col("rank") <= k)
-        .sort("user_id", "rank")
-        .group_by("user_id", maintain_order=True)
-        .agg(pl.col("item_id").head(k))
-    )
-    lists = pl.DataFrame({"user_id": users}).join(top, on="user_id", how="left")["item_id"]
-    padded = (
-        lists.fill_null(pl.lit([], pl.List(pl.String)))
-        .list.concat(pl.lit([""] * k, pl.List(pl.String)))
-        .list.head(k)
-    )
-    return np.asarray(padded.to_list(), dtype=str).reshape(len(users), k)
-
-
-def funnel_metrics(out: Path, dt: date, k: int = FUNNEL_K) -> dict[str, Any] | None:
-    """NDCG@k and Recall@k against the positives of D+1 (frames' eval_retrieval.parquet) of the ranker's
-    order (scores) and of the retriever's order (candidates), over the users with a positive on D+1.
-    None when the eval day or both rankings are absent."""
-    if not io.is_committed(out, FRAMES, dt):
-        return None
-    eval_path = io.partition_dir(out, FRAMES, dt) / "eval_retrieval.parquet"
-    if not eval_path.is_file():
-        return None
-    truth = pl.read_parquet(eval_path).group_by("user_id").agg(pl.col("item_id").unique()).sort("user_id")
-    if truth.height == 0:
-        return None
-    relevant = [set(x) for x in truth["item_id"].to_list()]
-    result: dict[str, Any] = {"users": truth.height, "k": k}
-    for name, ds in (("ranker", SCORES), ("retriever", CANDIDATES)):
-        if not io.is_committed(out, ds, dt):
-            continue
-        ranked = _ranked_lists(
-            io.read_table(out, ds, dt).select("user_id", "item_id", "rank"), truth["user_id"], k
-        )
-        result[name] = {
-            f"ndcg@{k}": ndcg_at_k(ranked, relevant, [k])[k],
-            f"recall@{k}": recall_at_k(ranked, relevant, [k])[k],
-        }
-    return result if ("ranker" in result or "retriever" in result) else None
-
-
 FUNNEL_METHODS = (
     "published", "ranker", "merged", "recent", "covis", "ann", "als", "category", "two_tower", "popularity",
 )  # fmt: skip
@@ -249,7 +203,7 @@ FUNNEL_METHODS = (
 
 def _funnel(out: Path, dt: date) -> dict[str, Any] | None:
     """The funnel stage's evaluation (every returning user over the horizon, each list and baseline) when
-    funnel/dt=D has one; else the scores stage's own figures; else the figures computed here."""
+    funnel/dt=D is committed, else None."""
     staged = _stage_metrics(out, FUNNEL, dt)
     if staged is not None:
         ev = staged.get("eval") or {}
@@ -264,11 +218,7 @@ def _funnel(out: Path, dt: date) -> dict[str, Any] | None:
                 methods={m: ev[m] for m in FUNNEL_METHODS if m in ev},
             )
         return result
-    scores = _manifest(out, SCORES, dt)
-    stage = (scores or {}).get("funnel")
-    if isinstance(stage, Mapping) and stage.get("users"):
-        return dict(stage)
-    return funnel_metrics(out, dt)
+    return None
 
 
 def data_summary(out: Path, dt: date, validation: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import polars as pl
 from features.config import EVENT_TYPES
 from pipelines import io
 from pipelines.config import FunnelConfig
+from pipelines.frames import layout as frames
 from pipelines.names import FRAMES, RETRIEVER
 
 CATEGORY_AUTO = ("category_l2", "category", "category_l1")
@@ -49,7 +50,7 @@ def load_inputs(data_dir: Path, out: Path, dt: date, first: date, last: date, cf
     category = _category_column(raw_items, cfg.category_column)
     emb = None
     if io.is_committed(out, RETRIEVER, dt) and io.is_committed(out, FRAMES, dt):
-        items = io.read_table(out, FRAMES, dt, "items").select("item_id", pl.col("item_idx").alias("i"))
+        items = io.read_table(out, FRAMES, dt, frames.ITEMS).select("item_id", pl.col("item_idx").alias("i"))
         emb = np.load(io.committed_path(out, RETRIEVER, dt, "item_emb.npy"))
     else:
         items = raw_items.select("item_id").sort("item_id").with_row_index("i")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 from torch import nn
@@ -21,11 +19,11 @@ from pipelines.batches import (
     ItemContent,
     load_item_content,
     load_vocab,
-    longest_hist,
     spec_for,
 )
+from pipelines.frames import layout as frames
 from pipelines.names import EMBEDDINGS, FRAMES
-from pipelines.ranking.layout import DEFAULT_HIST_LEN, SIDES
+from pipelines.ranking.layout import SIDES
 
 log = logging.getLogger(__name__)
 
@@ -55,27 +53,6 @@ class RankerData:
         return self.content.image_dim if self.content is not None else 0
 
 
-def frames_config(out: Path, dt: date) -> dict[str, Any]:
-    """The resolved config stored beside frames/dt=D (empty when the run recorded none)."""
-    path = io.committed_path(out, FRAMES, dt, io.CONFIG_FILE)
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _hist_len(out: Path, dt: date, users_or_examples: Path) -> int:
-    """features.history_len of the frames run, else the longest `hist` list of the file (at least 1)."""
-    n = frames_config(out, dt).get("features", {}).get("history_len")
-    if n is not None:
-        return int(n)
-    longest = longest_hist(users_or_examples)
-    return max(longest, 1) if longest is not None else DEFAULT_HIST_LEN
-
-
-def item_id_field(vocab: Vocab) -> str | None:
-    """The item field hashed from item_id alone (its buckets fill `hist`), or None when there is none."""
-    hits = [f.name for f in vocab.fields if f.side == "item" and tuple(f.sources) == ("item_id",)]
-    return hits[0] if len(hits) == 1 else None
-
-
 def prepare_data(
     out: Path, dt: date, *, item_content: bool = True, sides: tuple[str, ...] = SIDES
 ) -> RankerData:
@@ -85,9 +62,9 @@ def prepare_data(
     sides: vocab sides whose hashed fields enter the model (all three for the nightly ranker).
     """
     out = Path(out)
-    train = io.committed_path(out, FRAMES, dt, "ranker_train.parquet")
-    valid = io.committed_path(out, FRAMES, dt, "ranker_valid.parquet")
-    eval_path = io.partition_dir(out, FRAMES, dt) / "eval_ranker.parquet"
+    train = io.committed_path(out, FRAMES, dt, f"{frames.RANKER_TRAIN}.parquet")
+    valid = io.committed_path(out, FRAMES, dt, f"{frames.RANKER_VALID}.parquet")
+    eval_path = io.partition_dir(out, FRAMES, dt) / f"{frames.EVAL_RANKER}.parquet"
     vocab = load_vocab(out, dt)
     content = None
     if item_content and io.is_committed(out, EMBEDDINGS, dt):
@@ -99,11 +76,11 @@ def prepare_data(
         vocab,
         schema,
         sides,
-        hist_len=_hist_len(out, dt, train),
+        hist_len=max(1, frames.read_manifest(out, dt).history_len),
         item_content=content is not None,
         label=True,
     )
-    hist_field = item_id_field(vocab) if spec.hist_len else None
+    hist_field = _hist_field(vocab) if spec.hist_len else None
     if spec.hist_len and hist_field not in spec.fields:
         hist_field = None  # no item_id field among the chosen sides: the history has no table to read
         spec = BatchSpec(spec.fields, spec.counts, spec.numeric, 0, spec.item_content, spec.label)
@@ -130,3 +107,8 @@ def build_model(cfg: RankerConfig, data: RankerData, seed: int) -> nn.Module:
         data.image_dim,
         seed=seed,
     )
+
+
+def _hist_field(vocab: Vocab) -> str | None:
+    field = vocab.item_id_field()
+    return None if field is None else field.name

@@ -30,6 +30,7 @@ from pipelines.batches import (
     parquet_rows,
     stream_batches,
 )
+from pipelines.frames import layout as frames
 from pipelines.names import EMBEDDINGS, FRAMES, METRICS_FILE, MODEL_FILE
 from pipelines.ranking.data import RankerData, build_model, prepare_data
 from pipelines.ranking.evaluate import cross_spectrum, evaluate_split, field_importance, int8_report
@@ -172,7 +173,7 @@ def commit_ranker(out: Path, dt: date, trained: TrainedRanker, run: io.RunInfo) 
     returns the scalar summary (also in the partition manifest)."""
     out = Path(out)
     data, metrics = trained.data, trained.metrics
-    numeric_stats_path = io.committed_path(out, FRAMES, dt, "numeric_stats.json")
+    numeric_stats_path = io.committed_path(out, FRAMES, dt, frames.NUMERIC_STATS_FILE)
     meta = {
         "dt": dt.isoformat(),
         "seed": metrics["seed"],

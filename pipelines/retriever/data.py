@@ -29,6 +29,7 @@ from pipelines.batches import (
     stream_batches,
     to_batch,
 )
+from pipelines.frames import layout as frames
 from pipelines.retriever.layout import TRAIN_READ_ROWS
 
 log = logging.getLogger(__name__)
@@ -119,27 +120,26 @@ def load_inputs(out: Path, dt: date, use_content: bool = True) -> RetrieverInput
     """Read frames/dt=D (and embeddings/dt=D when `use_content`) into tensors for training and scoring."""
     out = Path(out)
     vocab = load_vocab(out, dt)
-    items = io.read_table(out, FRAMES, dt, "items").sort("item_idx")
-    users = io.read_table(out, FRAMES, dt, "users")
-    train_path = io.committed_path(out, FRAMES, dt, "retriever_train.parquet")
+    items = io.read_table(out, FRAMES, dt, frames.ITEMS).sort("item_idx")
+    users = io.read_table(out, FRAMES, dt, frames.USERS)
+    train_path = io.committed_path(out, FRAMES, dt, f"{frames.RETRIEVER_TRAIN}.parquet")
     train = pl.scan_parquet(train_path)  # read in parts below: it grows with the events
     train_rows = train.select(pl.len()).collect().item()
-    valid = io.read_table(out, FRAMES, dt, "retriever_valid")
+    valid = io.read_table(out, FRAMES, dt, frames.RETRIEVER_VALID)
     frames_dir = io.partition_dir(out, FRAMES, dt)
     if train_rows == 0:
         raise ValueError(
-            f"{frames_dir}/retriever_train.parquet has no rows (a one-day window has no training day); "
+            f"{frames_dir}/{frames.RETRIEVER_TRAIN}.parquet has no rows (a one-day window has no training day); "
             "fix: set data.train_window_days >= 2"
         )
     if valid.height == 0:
         raise ValueError(
-            f"{frames_dir}/retriever_valid.parquet has no rows: no positive on {dt}, so there is nothing to "
+            f"{frames_dir}/{frames.RETRIEVER_VALID}.parquet has no rows: no positive on {dt}, so there is nothing to "
             "validate on; fix: run a date with positives"
         )
-    manifest = io.read_manifest(out, FRAMES, dt)
-    days = [date.fromisoformat(d) for d in manifest.get("window", {}).get("train_days", [])]
-    window = (min(days) if days else dt, dt)
-    has_eval = bool(manifest.get("eval", {}).get("present"))
+    manifest = frames.read_manifest(out, dt)
+    window = (min(manifest.train_days, default=dt), dt)
+    has_eval = manifest.eval_present
 
     # at least 1, so the user tower always gets a [B, L] tensor
     hist_len = max(1, *(longest_hist(f) or 0 for f in (train, users, valid)))
@@ -172,7 +172,7 @@ def load_inputs(out: Path, dt: date, use_content: bool = True) -> RetrieverInput
             for df in (pairs, valid)
         ]
     )
-    eval_pairs = io.read_table(out, FRAMES, dt, "eval_retrieval") if has_eval else None
+    eval_pairs = io.read_table(out, FRAMES, dt, frames.EVAL_RETRIEVAL) if has_eval else None
     return RetrieverInputs(
         dt=dt,
         vocab=vocab,

@@ -19,17 +19,11 @@ from features.config import ColumnsConfig, FeaturesConfig, SamplingConfig
 from pipelines import io
 from pipelines.config import DataConfig
 from pipelines.datasets.synthetic import PRESETS, generate
-from pipelines.frames import (
-    _BLOCK_HASH_SEED,
-    block_seed,
-    build_frames,
-    choose_blocks,
-    merge_moments,
-    numeric_moments,
-    resolve_columns,
-    stats_from_moments,
-    user_block,
-)
+from pipelines.frames import build_frames
+from pipelines.frames.blocks import _BLOCK_HASH_SEED, block_seed, choose_blocks, user_block
+from pipelines.frames.layout import FramesManifest, Window, read_manifest
+from pipelines.frames.numeric import merge_moments, numeric_moments, stats_from_moments
+from pipelines.frames.tables import resolve_columns
 
 D = date(2024, 3, 3)  # run date; W = 2 -> train day 03-02, valid day 03-03; lookback 1 day -> 03-01
 FEATURES = FeaturesConfig(
@@ -157,6 +151,16 @@ def test_files_and_row_counts(built: tuple) -> None:
         "items.parquet", "users.parquet",
     ]  # fmt: skip
     assert manifest["window"]["train_days"] == ["2024-03-02"]
+    # the typed section later stages read (instead of the run's _config.json)
+    typed = read_manifest(part.parent.parent, D)
+    assert isinstance(typed, FramesManifest)
+    assert typed.history_len == FEATURES.history_len and typed.hash_seed == FEATURES.hash_seed
+    assert typed.data_dir == str(part.parent.parent.parent / "data")
+    assert typed.train_days == [date(2024, 3, 2)] and typed.eval_present
+    window = Window.of(DATA, D)
+    assert (typed.history_from, tuple(typed.train_days), typed.eval_day) == (
+        window.history_from, window.train_days, window.eval_day,
+    )  # fmt: skip
     assert set(manifest["collisions"]) == {
         "user_id",
         "gender",
@@ -518,3 +522,19 @@ def test_three_blocks_keep_the_negative_rules(one_vs_three: dict) -> None:
             pl.col("ts").dt.date().alias("dt"), "item_id"
         )
         assert sampled.join(ev.select("dt", "item_id").unique(), on=["dt", "item_id"], how="anti").height == 0
+
+
+def test_window_input_files_are_the_days_the_stage_reads(tmp_path: Path) -> None:
+    """The files a cache key fingerprints are exactly users, items and the event days of the window."""
+    data = write_data(tmp_path / "data")
+    files = Window.of(DATA, D).input_files(data)
+    days = sorted({p.parent.name for p in files if p.parent.name.startswith("dt=")})
+    assert days == ["dt=2024-03-01", "dt=2024-03-02", "dt=2024-03-03", "dt=2024-03-04"]
+    assert io.users_path(data) in files and io.items_path(data) in files
+
+
+def test_read_manifest_of_an_older_partition_says_how_to_rebuild(tmp_path: Path) -> None:
+    with io.staged_partition(tmp_path, "frames", D, RUN) as stage:
+        stage.write_table(pl.DataFrame({"x": [1]}), "users")
+    with pytest.raises(ValueError, match="rebuild the partition"):
+        read_manifest(tmp_path, D)

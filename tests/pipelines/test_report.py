@@ -11,7 +11,6 @@ import subprocess
 from datetime import date
 from pathlib import Path
 
-import polars as pl
 import pytest
 
 from pipelines import io
@@ -19,7 +18,6 @@ from pipelines.report import (
     NA,
     calibration_tables,
     collect,
-    funnel_metrics,
     importance_tables,
     ranking_table,
     retrieval_table,
@@ -88,33 +86,6 @@ def test_ranking_sections_are_read_by_shape():
     assert calibration_tables(RANKER_METRICS) == {"valid": {"predicted": [0.1, 0.5], "observed": [0.2, 0.4]}}
     assert importance_tables(RANKER_METRICS) == {"importance.auc_drop": {"item_id": 0.05, "hist": 0.1}}
     assert singular_value_lists(RANKER_METRICS) == {"cross_singular_values": [[4.0, 2.0, 0.5], [3.0, 1.0]]}
-
-
-def test_funnel_metrics_hand_worked(tmp_path: Path):
-    # positives of D+1: u1 {a}, u2 {c, d}, u4 {x} (u4 has no scores: an all-miss row)
-    with io.staged_partition(tmp_path, "frames", D1, _run()) as stage:
-        stage.write_table(
-            pl.DataFrame({"user_id": ["u1", "u2", "u2", "u4"], "item_id": ["a", "c", "d", "x"]}),
-            "eval_retrieval",
-        )
-    # ranker order: u1 [b, a], u2 [c, e], u3 [a] (u3 has no positive: not evaluated)
-    scores = pl.DataFrame(
-        {
-            "user_id": ["u1", "u1", "u2", "u2", "u3"],
-            "item_id": ["a", "b", "e", "c", "a"],
-            "score": [0.4, 0.9, 0.2, 0.8, 0.5],
-            "rank": [2, 1, 2, 1, 1],
-        }
-    )
-    with io.staged_partition(tmp_path, "scores", D1, _run()) as stage:
-        stage.write_table(scores)
-    got = funnel_metrics(tmp_path, D1)
-    # NDCG@10: u1 hit at rank 2 -> (1/log2 3) / 1 = 0.630930; u2 hit at rank 1 with 2 relevant ->
-    # 1 / (1 + 1/log2 3) = 0.613147; u4 0 -> mean 0.414692. Recall@10: (1 + 1/2 + 0) / 3 = 0.5
-    assert got["users"] == 3
-    assert got["ranker"]["ndcg@10"] == pytest.approx(0.414692, abs=1e-6)
-    assert got["ranker"]["recall@10"] == pytest.approx(0.5)
-    assert "retriever" not in got  # no candidates partition
 
 
 def test_empty_output_gives_a_report_that_says_not_available(tmp_path: Path):
