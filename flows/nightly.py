@@ -10,12 +10,12 @@ call one stage in `pipelines/`, and return its small summary. Stages write whole
 each date.
 
 Resuming. The stage tasks are cached (`INPUTS + TASK_SOURCE`, minus the run info whose run id changes every
-run) with persisted results: the cache keys live in `<out>/.prefect/cache-keys/`, the result values in
-Prefect's local result storage (`PREFECT_LOCAL_STORAGE_PATH`, default `~/.prefect/storage`). Every cached
-task also receives `inputs_key`: a hash of the run date, its sub-configs, the code revision and the
-fingerprints of what it reads (the input files' sizes and mtimes, the `_manifest.json` of each upstream
-partition, the previous day's model partition it may warm-start from), so the key changes whenever its
-inputs do. Before a cached task runs, the flow checks its output partitions: when one is missing or was
+run, plus a cache-key function) with persisted results: the cache keys live in `<out>/.prefect/cache-keys/`,
+the result values in Prefect's local result storage (`PREFECT_LOCAL_STORAGE_PATH`, default
+`~/.prefect/storage`). The cache-key function hashes the run date, the code revision and what the stage
+reads, as `pipelines.stage_inputs` declares it (the input files' sizes and mtimes, the `_manifest.json` of
+each upstream partition, the previous day's model partition it may warm-start from), so the key changes
+whenever its inputs do. Before a cached task runs, the flow checks its output partitions: when one is missing or was
 committed under another config hash, the task runs with `refresh_cache=True`. So a rerun after a crash
 skips the stages whose outputs are intact and reruns the rest. Publish, report and the run marker are cheap
 and idempotent and always run.
@@ -27,22 +27,21 @@ first ends. Tasks are retried only for errors that can be transient (`pipelines.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import signal
+from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 from prefect import Flow, flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CacheKeyFnPolicy, CachePolicy
 from prefect.runtime import flow_run
 
 from features.config import ColumnsConfig, EmbeddingsConfig, FeaturesConfig, SamplingConfig
 from models.config import RankerConfig, RetrieverConfig
-from pipelines import io
+from pipelines import io, stage_inputs
 from pipelines.config import (
     Config,
     DataConfig,
@@ -57,6 +56,7 @@ from pipelines.embedding import embed_items
 from pipelines.errors import is_transient
 from pipelines.frames import build_frames
 from pipelines.funnel import funnel_stage
+from pipelines.funnel.inputs import lookback_days
 from pipelines.lock import run_lock
 from pipelines.names import CANDIDATES, EMBEDDINGS, FRAMES, FUNNEL, RANKER, RETRIEVER, RUNS, SCORES, TWO_TOWER
 from pipelines.publish import publish
@@ -102,61 +102,23 @@ def _fault_point(name: str) -> None:
 # ---------------------------------------------------------------- cache keys
 
 
-def stage_cache_policy(out: Path) -> CachePolicy:
-    """INPUTS + TASK_SOURCE without the run info (its run id is new every run), keys kept under <out>."""
+Declared = Callable[[dict[str, Any]], str]  # a task's parameters -> fingerprint of what its stage reads
+
+
+def stage_cache_policy(out: Path, declared: Declared) -> CachePolicy:
+    """INPUTS + TASK_SOURCE without the run info (its run id is new every run), plus a key of the run date,
+    the requested config's hash, the code revision and `declared(parameters)`, the fingerprint of what the stage reads
+    (`pipelines.stage_inputs`); keys kept under <out>."""
+
+    def inputs_key(context: Any, parameters: dict[str, Any]) -> str:  # noqa: ARG001 (Prefect's signature)
+        run: io.RunInfo = parameters["run"]
+        parts = [parameters["dt"].isoformat(), run.config_hash, run.code_revision, declared(parameters)]
+        return stage_inputs.digest(parts)
+
     keys = Path(out) / ".prefect" / "cache-keys"
     keys.mkdir(parents=True, exist_ok=True)
-    return ((INPUTS + TASK_SOURCE) - "run").configure(key_storage=str(keys))
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def files_fingerprint(paths: list[Path]) -> str:
-    """Hash of (path, size, mtime) of the given files; a missing file counts as "missing"."""
-    rows = []
-    for p in sorted(paths):
-        try:
-            st = p.stat()
-            rows.append([str(p), st.st_size, st.st_mtime_ns])
-        except FileNotFoundError:
-            rows.append([str(p), "missing"])
-    return _digest(rows)
-
-
-def tree_fingerprint(root: Path, skip: tuple[str, ...] = ()) -> str:
-    """Hash of (relative path, size, mtime) of every file under `root` except the top-level folders `skip`."""
-    rows = []
-    root = Path(root)
-    for dirpath, dirnames, filenames in os.walk(root):
-        if Path(dirpath) == root:
-            dirnames[:] = [d for d in dirnames if d not in skip]
-        dirnames.sort()
-        for name in sorted(filenames):
-            p = Path(dirpath) / name
-            try:  # stat never opens: a named pipe or device here is harmless
-                st = p.stat()
-            except OSError:  # a dangling link (validation warns when an image path names it)
-                rows.append([str(p.relative_to(root)), "unreadable"])
-                continue
-            rows.append([str(p.relative_to(root)), st.st_size, st.st_mtime_ns])
-    return _digest(rows)
-
-
-def partition_fingerprint(out: Path, dataset: str, dt: date | None) -> str:
-    """Hash of a committed partition's manifest (it names the run that wrote it, and when); "missing" when
-    none. The `published` section that publishing adds is left out: it does not change the data."""
-    if dt is None or not io.is_committed(out, dataset, dt):
-        return "missing"
-    manifest = io.read_manifest(out, dataset, dt)
-    manifest.pop("published", None)
-    return _digest(manifest)
-
-
-def inputs_key(dt: date, run: io.RunInfo, *parts: Any) -> str:
-    """Cache-key component of a stage: run date, code revision and whatever the stage reads."""
-    return _digest([dt.isoformat(), run.code_revision, *parts])
+    policy = (INPUTS + TASK_SOURCE) - "run" + CacheKeyFnPolicy(cache_key_fn=inputs_key)
+    return policy.configure(key_storage=str(keys))
 
 
 def outputs_ok(out: Path, datasets: tuple[str, ...], dt: date, requested_hash: str) -> bool:
@@ -167,28 +129,6 @@ def outputs_ok(out: Path, datasets: tuple[str, ...], dt: date, requested_hash: s
         if io.read_manifest(out, ds, dt).get("config_hash") != requested_hash:
             return False
     return True
-
-
-def event_inputs(data: DataConfig, dt: date) -> list[Path]:
-    """Input files the frames stage reads for day `dt` (users, items, events of its whole window)."""
-    first = dt - timedelta(days=data.train_window_days - 1 + data.history_lookback_days)
-    files = [io.users_path(data.dir), io.items_path(data.dir)]
-    for d, day_files in io.event_files(data.dir).items():
-        if first <= d <= dt + timedelta(days=1):
-            files.extend(day_files)
-    return files
-
-
-def funnel_inputs(cfg: Config, dt: date) -> list[Path]:
-    """Input files the funnel stage reads for day `dt`: its lookback, the horizon it evaluates on."""
-    data = cfg.data
-    first = dt - timedelta(days=data.train_window_days + data.history_lookback_days + cfg.funnel.train_days)
-    last = dt + timedelta(days=cfg.funnel.horizon_days)
-    files = [io.users_path(data.dir), io.items_path(data.dir)]
-    for d, day_files in io.event_files(data.dir).items():
-        if first <= d <= last:
-            files.extend(day_files)
-    return files
 
 
 # ---------------------------------------------------------------- tasks
@@ -215,7 +155,7 @@ def validate_task(cfg: Config, dt: date) -> dict[str, Any]:
 
 @task(persist_result=True)
 def embeddings_task(
-    data_dir: Path, out: Path, dt: date, cfg: EmbeddingsConfig, run: io.RunInfo, inputs_key: str
+    data_dir: Path, out: Path, dt: date, cfg: EmbeddingsConfig, run: io.RunInfo
 ) -> dict[str, Any]:
     """Text and image embeddings of the catalogue (incremental) -> embeddings/dt=D/."""
     _fault_point("embeddings")
@@ -233,7 +173,6 @@ def frames_task(
     sampling: SamplingConfig,
     seed: int,
     run: io.RunInfo,
-    inputs_key: str,
 ) -> dict[str, Any]:
     """Hash bucketing, negative sampling, history features -> frames/dt=D/."""
     _fault_point("frames")
@@ -249,7 +188,6 @@ def train_retriever_task(
     seed: int,
     device: str,
     run: io.RunInfo,
-    inputs_key: str,
 ) -> dict[str, Any]:
     """Two-tower training, FAISS index, top-K candidates -> retriever/dt=D/, candidates/dt=D/."""
     _fault_point("train-retriever")
@@ -258,7 +196,7 @@ def train_retriever_task(
 
 @task(persist_result=True)
 def train_ranker_task(
-    out: Path, dt: date, cfg: RankerConfig, seed: int, device: str, run: io.RunInfo, inputs_key: str
+    out: Path, dt: date, cfg: RankerConfig, seed: int, device: str, run: io.RunInfo
 ) -> dict[str, Any]:
     """Ranker training and evaluation -> ranker/dt=D/ (under torchrun when cfg.ddp:
     `pipelines.ranking.ddp`)."""
@@ -269,14 +207,14 @@ def train_ranker_task(
 
 
 @task(persist_result=True)
-def funnel_task(cfg: Config, dt: date, device: str, run: io.RunInfo, inputs_key: str) -> dict[str, Any]:
+def funnel_task(cfg: Config, dt: date, device: str, run: io.RunInfo) -> dict[str, Any]:
     """Multi-source candidates, the ranker trained on them, the publish guard -> candidates/, scores/,
     funnel/ of dt=D."""
     _fault_point("funnel")
     data = cfg.data
     return funnel_stage(
         data.dir, data.out, dt, cfg.funnel, cfg.ranker, list(cfg.sampling.positive_events),
-        data.train_window_days + data.history_lookback_days, cfg.retriever.exclude_purchased,
+        lookback_days(data), cfg.retriever.exclude_purchased,
         cfg.runtime.seed, device, run,
     )  # fmt: skip
 
@@ -361,12 +299,19 @@ def date_to_run(date_text: str | None, timezone: str) -> date:
 
 
 def _cached(
-    fn: Any, name: str, cfg: Config, outputs: tuple[str, ...], dt: date, requested_hash: str, force: bool
+    fn: Any,
+    name: str,
+    cfg: Config,
+    outputs: tuple[str, ...],
+    declared: Declared,
+    dt: date,
+    requested_hash: str,
+    force: bool,
 ):  # noqa: ANN202
     """An IO task with the stage cache policy; refreshes its cache when an output is missing or stale."""
     refresh = force or not outputs_ok(cfg.data.out, outputs, dt, requested_hash)
     return _io_task(fn, name, cfg).with_options(
-        cache_policy=stage_cache_policy(cfg.data.out), refresh_cache=refresh
+        cache_policy=stage_cache_policy(cfg.data.out, declared), refresh_cache=refresh
     )
 
 
@@ -403,42 +348,26 @@ def _run_stages(cfg: Config, dt: date, force: bool) -> dict[str, Any]:
     run = run_info(cfg, requested_hash)
     seed, device = cfg.runtime.seed, cfg.runtime.device
 
-    def cached(fn, name: str, outputs: tuple[str, ...]):  # noqa: ANN001, ANN202
-        return _cached(fn, name, cfg, outputs, dt, requested_hash, force)
+    def cached(fn, name: str, outputs: tuple[str, ...], declared: Declared):  # noqa: ANN001, ANN202
+        return _cached(fn, name, cfg, outputs, declared, dt, requested_hash, force)
 
-    emb_key = inputs_key(
-        dt, run, requested_hash, cfg.embeddings, tree_fingerprint(data_dir, skip=("events",))
-    )
-    frames_key = inputs_key(
-        dt, run, requested_hash, cfg.data, cfg.columns, cfg.features, cfg.sampling, seed,
-        files_fingerprint(event_inputs(cfg.data, dt)),
-    )  # fmt: skip
-    emb = cached(embeddings_task, "embeddings", (EMBEDDINGS,)).submit(
-        data_dir, out, dt, cfg.embeddings, run, inputs_key=emb_key
-    )
-    frames = cached(frames_task, "frames", (FRAMES,)).submit(
-        data_dir, out, dt, cfg.data, cfg.columns, cfg.features, cfg.sampling, seed, run, inputs_key=frames_key
-    )
+    emb = cached(
+        embeddings_task, "embeddings", (EMBEDDINGS,), lambda p: stage_inputs.embeddings(p["data_dir"])
+    ).submit(data_dir, out, dt, cfg.embeddings, run)
+    frames = cached(
+        frames_task, "frames", (FRAMES,), lambda p: stage_inputs.frames(p["data"], p["dt"])
+    ).submit(data_dir, out, dt, cfg.data, cfg.columns, cfg.features, cfg.sampling, seed, run)
     stages: dict[str, dict[str, Any]] = {"embeddings": emb.result(), "frames": frames.result()}
-    upstream = [partition_fingerprint(out, ds, dt) for ds in (FRAMES, EMBEDDINGS)]
-
-    prev_retriever = partition_fingerprint(out, RETRIEVER, io.previous_committed(out, RETRIEVER, dt))
-    stages["retriever"] = cached(train_retriever_task, "train-retriever", (RETRIEVER, TWO_TOWER))(
-        out, dt, cfg.retriever, cfg.index, seed, device, run,
-        inputs_key=inputs_key(dt, run, requested_hash, *upstream, prev_retriever),
-    )  # fmt: skip
-    prev_ranker = partition_fingerprint(out, RANKER, io.previous_committed(out, RANKER, dt))
-    stages["ranker"] = cached(train_ranker_task, "train-ranker", (RANKER,))(
-        out, dt, cfg.ranker, seed, device, run,
-        inputs_key=inputs_key(dt, run, requested_hash, *upstream, prev_ranker),
-    )  # fmt: skip
-    from_retriever = partition_fingerprint(out, RETRIEVER, dt)
-    stages["funnel"] = cached(funnel_task, "funnel", (FUNNEL, CANDIDATES, SCORES))(
-        cfg, dt, device, run,
-        inputs_key=inputs_key(
-            dt, run, requested_hash, *upstream, from_retriever, files_fingerprint(funnel_inputs(cfg, dt))
-        ),
-    )  # fmt: skip
+    stages["retriever"] = cached(
+        train_retriever_task, "train-retriever", (RETRIEVER, TWO_TOWER),
+        lambda p: stage_inputs.retriever(p["out"], p["dt"]),
+    )(out, dt, cfg.retriever, cfg.index, seed, device, run)  # fmt: skip
+    stages["ranker"] = cached(
+        train_ranker_task, "train-ranker", (RANKER,), lambda p: stage_inputs.ranker(p["out"], p["dt"])
+    )(out, dt, cfg.ranker, seed, device, run)
+    stages["funnel"] = cached(
+        funnel_task, "funnel", (FUNNEL, CANDIDATES, SCORES), lambda p: stage_inputs.funnel(p["cfg"], p["dt"])
+    )(cfg, dt, device, run)
 
     published = _io_task(publish_task, "publish", cfg)(out, dt, run, cfg.publish)
     validation = {"warnings": checked["warnings"], **checked["stats"]}

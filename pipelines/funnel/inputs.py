@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +11,7 @@ import polars as pl
 
 from features.config import EVENT_TYPES
 from pipelines import io
-from pipelines.config import FunnelConfig
+from pipelines.config import DataConfig, FunnelConfig
 from pipelines.frames import layout as frames
 from pipelines.names import FRAMES, RETRIEVER
 
@@ -41,6 +41,32 @@ def _category_column(items: pl.DataFrame, setting: str | None) -> str | None:
             )
         return setting
     return next((c for c in CATEGORY_AUTO if c in items.columns), None)
+
+
+def lookback_days(data: DataConfig) -> int:
+    """Days of events behind each instant the funnel builds lists at: the frames window and its lookback."""
+    return data.train_window_days + data.history_lookback_days
+
+
+def read_window(dt: date, lookback_days: int, cfg: FunnelConfig) -> tuple[date, date]:
+    """(first, last) day of the events the funnel stage of D reads: the lookback of its earliest training
+    instant (D - train_days) and the evaluation horizon D+1 .. D+horizon_days (the days present are read).
+
+    >>> read_window(date(2024, 3, 10), 3, FunnelConfig(train_days=2, horizon_days=7))
+    (datetime.date(2024, 3, 6), datetime.date(2024, 3, 17))
+    """
+    first = dt - timedelta(days=lookback_days - 1)
+    return first - timedelta(days=cfg.train_days), dt + timedelta(days=cfg.horizon_days)
+
+
+def input_files(data_dir: Path, dt: date, lookback_days: int, cfg: FunnelConfig) -> list[Path]:
+    """The input files the funnel stage of D reads: users, items, the event files of `read_window`."""
+    first, last = read_window(dt, lookback_days, cfg)
+    files = [io.users_path(data_dir), io.items_path(data_dir)]
+    for d, day_files in io.event_files(data_dir).items():
+        if first <= d <= last:
+            files.extend(day_files)
+    return files
 
 
 def load_inputs(data_dir: Path, out: Path, dt: date, first: date, last: date, cfg: FunnelConfig) -> Inputs:

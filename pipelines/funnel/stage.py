@@ -44,7 +44,7 @@ from models.train import save_checkpoint
 from pipelines import io
 from pipelines.config import FunnelConfig
 from pipelines.funnel.evaluate import evaluate
-from pipelines.funnel.inputs import load_inputs, midnight, positives
+from pipelines.funnel.inputs import load_inputs, midnight, positives, read_window
 from pipelines.funnel.layout import DATASET, RECALL_K
 from pipelines.funnel.lists import fusion_weights, popular_for, rerank, sources_as_of, user_lists
 from pipelines.funnel.train import Trained, arrays, logits, train_on_lists, training_lists
@@ -75,8 +75,7 @@ def funnel_stage(
     horizon = [dt + timedelta(days=h) for h in range(1, cfg.horizon_days + 1)]
     present = set(io.event_dates(data_dir))
     horizon = [d for d in horizon if d in present]
-    first = dt - timedelta(days=lookback_days - 1)
-    inp = load_inputs(data_dir, out, dt, first - timedelta(days=cfg.train_days), max([dt, *horizon]), cfg)
+    inp = load_inputs(data_dir, out, dt, read_window(dt, lookback_days, cfg)[0], max([dt, *horizon]), cfg)
     end_d = midnight(dt + timedelta(days=1))
     phases: dict[str, float] = {"inputs": round(time.perf_counter() - t_start, 2)}
     tick = time.perf_counter()
