@@ -5,7 +5,7 @@
                       null when the catalogue has none)
     items   [N rows]  i, cat (the catalogue's category of each item), the popularity columns of `item_table`
 
-`pair_features` appends the numeric columns of `FEATURES` (one row per pair, nulls filled), every one read
+`pair_features` appends the numeric columns of `feature_names(sources)` (one row per pair, nulls filled), every one read
 from events strictly before T, so a label event on day T never reaches its own features:
 
     src_<s>          reciprocal rank 1 / rank_<s> in source s (0 when s did not propose the item)
@@ -19,27 +19,34 @@ from events strictly before T, so a label event on day T never reaches its own f
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import polars as pl
 
-from retrieval.sources import SOURCES
-
 CAP_DAYS = 60.0
 POP_DAYS = (1, 7, 30)
 UI_EVENTS = ("view", "click", "cart")
-FEATURES: tuple[str, ...] = (
-    *(f"src_{s}" for s in SOURCES),
-    "covis",
-    "ann",
-    "rrf",
-    *(f"item_{d}d" for d in POP_DAYS),
-    *(f"ui_{e}" for e in UI_EVENTS),
-    "ui_days",
-    "u_7d",
-    "u_days",
-    "cat_share",
-)
+
+
+def feature_names(sources: Sequence[str]) -> tuple[str, ...]:
+    """The columns `pair_features` appends, in order, for candidate sources `sources`.
+
+    >>> feature_names(["recent"])[:4]
+    ('src_recent', 'covis', 'ann', 'rrf')
+    """
+    return (
+        *(f"src_{s}" for s in sources),
+        "covis",
+        "ann",
+        "rrf",
+        *(f"item_{d}d" for d in POP_DAYS),
+        *(f"ui_{e}" for e in UI_EVENTS),
+        "ui_days",
+        "u_7d",
+        "u_days",
+        "cat_share",
+    )
 
 
 def _days_before(as_of: datetime, ts: pl.Expr) -> pl.Expr:
@@ -60,9 +67,11 @@ def item_table(events: pl.DataFrame | pl.LazyFrame, as_of: datetime, catalogue: 
 
 
 def pair_features(
-    pairs: pl.DataFrame, events: pl.DataFrame, items: pl.DataFrame, as_of: datetime
+    pairs: pl.DataFrame, events: pl.DataFrame, items: pl.DataFrame, as_of: datetime, sources: Sequence[str]
 ) -> pl.DataFrame:
-    """`pairs` with the FEATURES columns appended (Float32, no nulls); row order kept.
+    """`pairs` with the `feature_names(sources)` columns appended (Float32, no nulls); row order kept.
+
+    sources: the candidate sources of the merge, whose `rank_<s>` columns `pairs` has.
 
     events: the users' events (every user of `pairs`, others allowed), before `as_of` or not (later ones are
     dropped here); items: `item_table(events of everyone, as_of, catalogue)`.
@@ -88,7 +97,7 @@ def pair_features(
         .join(cat_counts, on=["u", "cat"], how="left")
         .sort("_row")
     )
-    src = [(1.0 / pl.col(f"rank_{s}")).fill_null(0.0).cast(pl.Float32).alias(f"src_{s}") for s in SOURCES]
+    src = [(1.0 / pl.col(f"rank_{s}")).fill_null(0.0).cast(pl.Float32).alias(f"src_{s}") for s in sources]
     return out.with_columns(
         *src,
         pl.col("score_covis").fill_null(0.0).log1p().cast(pl.Float32).alias("covis"),

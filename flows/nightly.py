@@ -64,14 +64,10 @@ from pipelines.ranking import train_ranker_stage
 from pipelines.ranking.ddp import ddp_ranker_stage
 from pipelines.report import write_report
 from pipelines.retriever import train_retriever_stage
-from pipelines.validation import validate_data
+from pipelines.validation import InputValidationError, validate_data
 from retrieval.config import IndexConfig
 
 FAULT_ENV = "RECSYS_FAULT_AT"  # test hook: "<task name>" or "publish:<step>" kills the process there
-
-
-class InputError(ValueError):
-    """The inputs break the data contract; the message has one line per problem (file, column, fix)."""
 
 
 def _retry_on_io_only(task_, task_run, state) -> bool:  # noqa: ANN001 (Prefect's callback signature)
@@ -136,7 +132,7 @@ def outputs_ok(out: Path, datasets: tuple[str, ...], dt: date, requested_hash: s
 
 @task(cache_policy=NO_CACHE)
 def validate_task(cfg: Config, dt: date) -> dict[str, Any]:
-    """Check the data contract (and that day D has events); raise InputError listing every error, or
+    """Check the data contract (and that day D has events); raise InputValidationError listing every error, or
     return the resolved columns."""
     report = validate_data(
         cfg.data.dir, cfg.columns, max_image_bytes=cfg.embeddings.max_image_bytes, run_date=dt
@@ -145,7 +141,7 @@ def validate_task(cfg: Config, dt: date) -> dict[str, Any]:
     for p in report.warnings:
         logger.warning(p.line())
     if not report.ok:
-        raise InputError("\n".join(p.line() for p in report.errors))
+        raise InputValidationError("\n".join(p.line() for p in report.errors))
     return {
         "warnings": len(report.warnings),
         "columns": report.inferred.model_dump(),

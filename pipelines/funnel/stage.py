@@ -37,7 +37,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from features.funnel import FEATURES, pair_features
+from features.funnel import pair_features
 from models.config import RankerConfig
 from models.device import resolve_device
 from models.train import save_checkpoint
@@ -45,7 +45,7 @@ from pipelines import io
 from pipelines.config import FunnelConfig
 from pipelines.funnel.evaluate import evaluate
 from pipelines.funnel.inputs import load_inputs, midnight, positives, read_window
-from pipelines.funnel.layout import DATASET, RECALL_K
+from pipelines.funnel.layout import DATASET, FEATURES, RECALL_K
 from pipelines.funnel.lists import fusion_weights, popular_for, rerank, sources_as_of, user_lists
 from pipelines.funnel.train import Trained, arrays, logits, train_on_lists, training_lists
 from pipelines.names import CANDIDATES, METRICS_FILE, MODEL_FILE, SCORES
@@ -144,7 +144,7 @@ def funnel_stage(
                 pop = popular_for(s, users, cfg.k)
                 merged = merged.with_columns(src.primary_source(pl.col("sources")).alias("source"))
                 if trained.order == "ranker":
-                    feats = pair_features(merged, s.events_of(users), s.items, end_d)
+                    feats = pair_features(merged, s.events_of(users), s.items, end_d, src.SOURCES)
                     sparse, x = arrays(feats)
                     lg = logits(
                         trained.model, sparse, ((x - trained.mean) / trained.std).astype(np.float32), dev

@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from features.funnel import FEATURES, pair_features
+from features.funnel import pair_features
 from models.config import RankerConfig
 from models.inputs import FieldLayout
 from models.ranker import build_ranker
@@ -20,7 +20,7 @@ from models.train import padded_batch, predict, train_ranker
 from pipelines.config import FunnelConfig
 from pipelines.funnel.evaluate import not_enough
 from pipelines.funnel.inputs import Inputs, midnight, positives
-from pipelines.funnel.layout import NDCG_K, RECALL_K
+from pipelines.funnel.layout import FEATURES, NDCG_K, RECALL_K
 from pipelines.funnel.lists import Sources, popular_for, sources_as_of, user_lists
 from retrieval import sources as src
 from retrieval.metrics import list_metrics
@@ -115,9 +115,9 @@ def training_lists(
             merged = merged.with_columns(pl.Series("_r", rng.random(merged.height)))
             keep = pl.col("_valid") | (pl.col("label") > 0)
             keep = keep | (pl.col("_r").rank("ordinal").over("u") <= cfg.train_negatives)
-            rows = pair_features(merged.filter(keep), s.events_of(block), s.items, t0).with_columns(
-                pl.lit(day).alias("day")
-            )
+            rows = pair_features(
+                merged.filter(keep), s.events_of(block), s.items, t0, src.SOURCES
+            ).with_columns(pl.lit(day).alias("day"))
             valid_parts.append(rows.filter(pl.col("_valid")).drop("_valid", "_r"))
             train_parts.append(rows.filter(~pl.col("_valid")).drop("_valid", "_r"))
     if not train_parts:

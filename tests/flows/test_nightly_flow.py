@@ -79,13 +79,14 @@ def test_nightly_refuses_a_date_that_another_run_holds(prefect_harness, tiny_dat
 
 
 def test_nightly_with_no_events_on_its_date_commits_nothing(prefect_harness, tiny_data: Path, tmp_path: Path):
-    from flows.nightly import InputError, nightly
+    from flows.nightly import nightly
+    from pipelines.validation import InputValidationError
 
     out = tmp_path / "out"
     state = nightly(
         date="2030-01-01", overrides=[f"--data.dir={tiny_data}", f"--data.out={out}"], return_state=True
     )
-    with pytest.raises(InputError, match="no events for the run date 2030-01-01"):
+    with pytest.raises(InputValidationError, match="no events for the run date 2030-01-01"):
         state.result()
     assert not (out / "embeddings").exists() and not (out / "frames").exists()
 
