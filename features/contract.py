@@ -829,6 +829,217 @@ def _collect_partition(
     return run(good), good
 
 
+def _no_partitions(events_dir: Path) -> Problem:
+    """The error when the events folder has no dt= partition (or is missing)."""
+    if not events_dir.is_dir():
+        return Problem(
+            "error",
+            str(events_dir),
+            None,
+            "events folder is missing",
+            "write events as <data>/events/dt=YYYY-MM-DD/*.parquet",
+        )
+    return Problem(
+        "error",
+        str(events_dir),
+        None,
+        "no event partitions",
+        "write events as <data>/events/dt=YYYY-MM-DD/*.parquet (one folder per UTC day)",
+    )
+
+
+def _file_problems(f: Path) -> list[Problem]:
+    """Schema problems and the "no rows" warning of one event file (metadata only); raises what
+    `_READ_ERRORS` lists when the file cannot be read."""
+    schema = pl.read_parquet_schema(f)
+    n_rows = pq.read_metadata(f).num_rows
+    found = _event_schema_problems(f, schema)
+    if n_rows == 0:
+        found.append(
+            Problem(
+                "warning",
+                str(f),
+                None,
+                "no rows",
+                "remove the empty event files, or write the events they should hold",
+            )
+        )
+    return found
+
+
+def _merged_file_problems(
+    per_file: Mapping[tuple[str, str | None, str, str], list[str]], events_dir: Path
+) -> list[Problem]:
+    """One problem per (level, column, message, fix): its file, or the count and first files."""
+    out = []
+    for (level, column, message, fix), files in per_file.items():
+        if len(files) == 1:
+            out.append(Problem(level, files[0], column, message, fix))
+        else:
+            shown = ", ".join(files[:3]) + (", ..." if len(files) > 3 else "")
+            out.append(
+                Problem(level, str(events_dir), column, f"{message} in {len(files)} files ({shown})", fix)
+            )
+    return out
+
+
+@dataclass
+class _EventScan:
+    """The row checks of every event partition, summed day by day (`add`), then reported (`problems`)."""
+
+    events_dir: Path
+    tallies: dict[str, _Tally] = field(
+        default_factory=lambda: {
+            **{k: _Tally() for k in ("outside", "unknown_user_id", "unknown_item_id", "duplicates")},
+            **{f"null_{c}": _Tally() for c in EVENT_COLUMNS},
+        }
+    )
+    bad_names: dict[str, int] = field(default_factory=dict)
+    bad_places: list[tuple[date, list[Path]]] = field(default_factory=list)
+    by_type: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EVENT_TYPES, 0))
+    rows_by_day: dict[str, int] = field(default_factory=dict)
+    empty_days: list[date] = field(default_factory=list)
+
+    def add(self, res: dict[str, pl.DataFrame], day: date, covered: list[Path]) -> None:
+        """Add one partition's results of `_collect_partition`."""
+        summary = res["summary"].row(0, named=True)
+        self.rows_by_day[day.isoformat()] = summary["rows"]
+        for c in EVENT_COLUMNS:
+            self.tallies[f"null_{c}"].add(summary[f"null_{c}"], [], day, covered)
+        outside = [t.isoformat() for t in res["outside"]["ts"].to_list()]
+        self.tallies["outside"].add(summary["outside"], outside, day, covered)
+        for key in ("unknown_user_id", "unknown_item_id"):
+            if key in res:
+                n, sample = res[key].row(0)
+                self.tallies[key].add(n, sample, day, covered)
+        if summary["duplicates"]:  # rare: the sample is a second query over that partition only
+            sample = _duplicate_sample(_scan_events(covered))
+            self.tallies["duplicates"].add(summary["duplicates"], sample, day, covered)
+        ev = res["events"]
+        for name, n in ev.filter(pl.col("valid")).select("event", "n").iter_rows():  # <= 4 rows
+            self.by_type[name] += n
+        bad = ev.filter(~pl.col("valid"))
+        if bad.height:
+            self.bad_places.append((day, covered))
+            for name, n in bad.select("event", "n").iter_rows():  # distinct bad names, not events
+                self.bad_names[name] = self.bad_names.get(name, 0) + n
+
+    @property
+    def total(self) -> int:
+        return sum(self.rows_by_day.values())
+
+    def _problem(
+        self, key: str, level: str, column: str | None, message: Callable[[int, str], str], fix: str
+    ) -> Problem | None:
+        """The problem of tally `key` when it counted rows; `message(rows, where)` says what is wrong."""
+        t = self.tallies[key]
+        if not t.rows:
+            return None
+        file, where = t.where(self.events_dir)
+        return Problem(level, file, column, message(t.rows, where), fix)
+
+    def problems(self) -> list[Problem]:
+        """Empty partitions, nulls, unknown ids, duplicates, dates outside their partition, bad names."""
+        out: list[Problem | None] = []
+        if self.empty_days:
+            days = ", ".join(d.isoformat() for d in self.empty_days[:3]) + (
+                ", ..." if len(self.empty_days) > 3 else ""
+            )
+            out.append(
+                Problem(
+                    "warning",
+                    str(self.events_dir),
+                    None,
+                    f"partitions without a Parquet file: {len(self.empty_days)} ({days})",
+                    "write the events of those days or remove the empty folders",
+                )
+            )
+        total = self.total
+        for c in EVENT_COLUMNS:
+            out.append(
+                self._problem(
+                    f"null_{c}", "error", c, lambda n, where: f"{n} null values out of {total} events{where}",
+                    f"drop the events with a null {c} or fill it",
+                )
+            )  # fmt: skip
+        for key, table, fix in (
+            ("unknown_user_id", "users", "add the users to users.parquet or drop their events"),
+            ("unknown_item_id", "items", "add the items to items.parquet or drop their events"),
+        ):
+            column = key.removeprefix("unknown_")
+            sample = _sample_text(self.tallies[key].sample)
+            out.append(
+                self._problem(
+                    key, "error", column,
+                    lambda n, where, column=column, table=table, sample=sample: (
+                        f"{n} events{where} have {column} values absent from {table}.parquet, e.g. {sample}"
+                    ),
+                    fix,
+                )
+            )  # fmt: skip
+        dup_sample = _sample_text(self.tallies["duplicates"].sample)
+        out.append(
+            self._problem(
+                "duplicates", "warning", None,
+                lambda n, where: (
+                    f"{n} exact duplicate events{where} (same user_id, item_id, event and ts), e.g. "
+                    f"{dup_sample}; the pipeline keeps one of each"
+                ),
+                "drop them where the events are exported (e.g. .unique())",
+            )
+        )  # fmt: skip
+        ts_sample = _sample_text(self.tallies["outside"].sample)
+        out.append(
+            self._problem(
+                "outside", "error", "ts",
+                lambda n, where: (
+                    f"{n} events{where} have a ts whose UTC date is not their dt= partition, e.g. {ts_sample}"
+                ),
+                "write each event to the partition of its UTC date (dt = ts.dt.date() in UTC)",
+            )
+        )  # fmt: skip
+        out.append(self._bad_names_problem())
+        return [p for p in out if p is not None]
+
+    def _bad_names_problem(self) -> Problem | None:
+        if not self.bad_names:
+            return None
+        tally = _Tally(rows=sum(self.bad_names.values()), places=self.bad_places)
+        file, where = tally.where(self.events_dir)
+        names = sorted(self.bad_names.items(), key=lambda kv: (-kv[1], kv[0]))
+        shown = ", ".join(f"{n!r} ({k})" for n, k in names[:SAMPLE]) + (
+            ", ..." if len(names) > SAMPLE else ""
+        )
+        return Problem(
+            "error",
+            file,
+            "event",
+            f"{tally.rows} events{where} have an unknown event name: {shown}",
+            "map them to " + ", ".join(EVENT_TYPES) + " (lower case) or drop them",
+        )
+
+
+def _run_date_problem(
+    event_files: Mapping[date, Sequence[Path]],
+    rows_by_day: Mapping[str, int],
+    run_date: date,
+    events_dir: Path,
+) -> Problem | None:
+    """The error when the run date has no events (a partition whose files could not be read is reported
+    elsewhere)."""
+    if event_files.get(run_date) and rows_by_day.get(run_date.isoformat(), -1) != 0:
+        return None
+    why = "its partition holds no rows" if event_files.get(run_date) else "there is no partition of that day"
+    return Problem(
+        "error",
+        str(events_dir),
+        None,
+        f"no events for the run date {run_date} ({why}; events span {min(event_files).isoformat()} to "
+        f"{max(event_files).isoformat()})",
+        "pass a run date that has events, or add the events of that day",
+    )
+
+
 def _check_events(
     event_files: Mapping[date, Sequence[Path]],
     events_dir: Path,
@@ -838,62 +1049,25 @@ def _check_events(
     stats: dict[str, Any],
     run_date: date | None = None,
 ) -> None:
+    """Check every event partition (schema from metadata, then one query per day for the row checks),
+    appending to `problems` and filling the events' `stats`."""
     if not event_files:
-        if not events_dir.is_dir():
-            problems.append(
-                Problem(
-                    "error",
-                    str(events_dir),
-                    None,
-                    "events folder is missing",
-                    "write events as <data>/events/dt=YYYY-MM-DD/*.parquet",
-                )
-            )
-        else:
-            problems.append(
-                Problem(
-                    "error",
-                    str(events_dir),
-                    None,
-                    "no event partitions",
-                    "write events as <data>/events/dt=YYYY-MM-DD/*.parquet (one folder per UTC day)",
-                )
-            )
+        problems.append(_no_partitions(events_dir))
         return
-
     per_file: dict[tuple[str, str | None, str, str], list[str]] = {}  # merges one problem over files
-    tallies = {k: _Tally() for k in ("outside", "unknown_user_id", "unknown_item_id", "duplicates")}
-    tallies.update({f"null_{c}": _Tally() for c in EVENT_COLUMNS})
-    bad_names: dict[str, int] = {}
-    bad_places: list[tuple[date, list[Path]]] = []
-    by_type = dict.fromkeys(EVENT_TYPES, 0)
-    rows_by_day: dict[str, int] = {}
-    empty_days: list[date] = []
-
+    scan = _EventScan(events_dir)
     for day in sorted(event_files):
         files = [Path(f) for f in event_files[day]]
         if not files:
-            empty_days.append(day)
+            scan.empty_days.append(day)
             continue
         usable = []
         for f in files:
             try:
-                schema = pl.read_parquet_schema(f)
-                n_rows = pq.read_metadata(f).num_rows
+                found = _file_problems(f)
             except _READ_ERRORS as err:
                 problems.append(_corrupt(f, err))
                 continue
-            found = _event_schema_problems(f, schema)
-            if n_rows == 0:
-                found.append(
-                    Problem(
-                        "warning",
-                        str(f),
-                        None,
-                        "no rows",
-                        "remove the empty event files, or write the events they should hold",
-                    )
-                )
             for p in found:
                 per_file.setdefault((p.level, p.column, p.message, p.fix), []).append(p.file)
             if not any(p.level == "error" for p in found):
@@ -901,152 +1075,19 @@ def _check_events(
         if not usable:
             continue
         res, covered = _collect_partition(usable, day, users, items, problems)
-        if res is None:
-            continue
-        summary = res["summary"].row(0, named=True)
-        rows_by_day[day.isoformat()] = summary["rows"]
-        for c in EVENT_COLUMNS:
-            tallies[f"null_{c}"].add(summary[f"null_{c}"], [], day, covered)
-        tallies["outside"].add(
-            summary["outside"], [t.isoformat() for t in res["outside"]["ts"].to_list()], day, covered
-        )
-        for key in ("unknown_user_id", "unknown_item_id"):
-            if key in res:
-                n, sample = res[key].row(0)
-                tallies[key].add(n, sample, day, covered)
-        if summary["duplicates"]:  # rare: the sample is a second query over that partition only
-            tallies["duplicates"].add(
-                summary["duplicates"], _duplicate_sample(_scan_events(covered)), day, covered
-            )
-        ev = res["events"]
-        for name, n in ev.filter(pl.col("valid")).select("event", "n").iter_rows():  # <= 4 rows
-            by_type[name] += n
-        bad = ev.filter(~pl.col("valid"))
-        if bad.height:
-            bad_places.append((day, covered))
-            for name, n in bad.select("event", "n").iter_rows():  # distinct bad names, not events
-                bad_names[name] = bad_names.get(name, 0) + n
-
-    for (level, column, message, fix), files in per_file.items():
-        if len(files) == 1:
-            problems.append(Problem(level, files[0], column, message, fix))
-        else:
-            shown = ", ".join(files[:3]) + (", ..." if len(files) > 3 else "")
-            problems.append(
-                Problem(level, str(events_dir), column, f"{message} in {len(files)} files ({shown})", fix)
-            )
-
-    if empty_days:
-        days = ", ".join(d.isoformat() for d in empty_days[:3]) + (", ..." if len(empty_days) > 3 else "")
-        problems.append(
-            Problem(
-                "warning",
-                str(events_dir),
-                None,
-                f"partitions without a Parquet file: {len(empty_days)} ({days})",
-                "write the events of those days or remove the empty folders",
-            )
-        )
-    total = sum(rows_by_day.values())
-    for c in EVENT_COLUMNS:
-        t = tallies[f"null_{c}"]
-        if t.rows:
-            file, where = t.where(events_dir)
-            problems.append(
-                Problem(
-                    "error",
-                    file,
-                    c,
-                    f"{t.rows} null values out of {total} events{where}",
-                    f"drop the events with a null {c} or fill it",
-                )
-            )
-    for key, table, fix in (
-        ("unknown_user_id", "users", "add the users to users.parquet or drop their events"),
-        ("unknown_item_id", "items", "add the items to items.parquet or drop their events"),
-    ):
-        t = tallies[key]
-        if t.rows:
-            file, where = t.where(events_dir)
-            column = key.removeprefix("unknown_")
-            problems.append(
-                Problem(
-                    "error",
-                    file,
-                    column,
-                    f"{t.rows} events{where} have {column} values absent from {table}.parquet, "
-                    f"e.g. {_sample_text(t.sample)}",
-                    fix,
-                )
-            )
-    t = tallies["duplicates"]
-    if t.rows:
-        file, where = t.where(events_dir)
-        problems.append(
-            Problem(
-                "warning",
-                file,
-                None,
-                f"{t.rows} exact duplicate events{where} (same user_id, item_id, event and ts), e.g. "
-                f"{_sample_text(t.sample)}; the pipeline keeps one of each",
-                "drop them where the events are exported (e.g. .unique())",
-            )
-        )
-    stats["duplicate_events"] = t.rows
-    t = tallies["outside"]
-    if t.rows:
-        file, where = t.where(events_dir)
-        problems.append(
-            Problem(
-                "error",
-                file,
-                "ts",
-                f"{t.rows} events{where} have a ts whose UTC date is not their dt= partition, "
-                f"e.g. {_sample_text(t.sample)}",
-                "write each event to the partition of its UTC date (dt = ts.dt.date() in UTC)",
-            )
-        )
-    if bad_names:
-        tally = _Tally(rows=sum(bad_names.values()), places=bad_places)
-        file, where = tally.where(events_dir)
-        names = sorted(bad_names.items(), key=lambda kv: (-kv[1], kv[0]))
-        shown = ", ".join(f"{n!r} ({k})" for n, k in names[:SAMPLE]) + (
-            ", ..." if len(names) > SAMPLE else ""
-        )
-        problems.append(
-            Problem(
-                "error",
-                file,
-                "event",
-                f"{tally.rows} events{where} have an unknown event name: {shown}",
-                "map them to " + ", ".join(EVENT_TYPES) + " (lower case) or drop them",
-            )
-        )
-    stats["events"] = total
+        if res is not None:
+            scan.add(res, day, covered)
+    problems.extend(_merged_file_problems(per_file, events_dir))
+    problems.extend(scan.problems())
+    stats["duplicate_events"] = scan.tallies["duplicates"].rows
+    stats["events"] = scan.total
     stats["partitions"] = len(event_files)
     stats["first_dt"] = min(event_files).isoformat()
     stats["last_dt"] = max(event_files).isoformat()
-    stats["events_by_partition"] = rows_by_day
-    stats["events_by_type"] = by_type
-    # the run date must have events; a partition whose files could not be read is reported above
-    if run_date is not None and (
-        not event_files.get(run_date) or rows_by_day.get(run_date.isoformat(), -1) == 0
-    ):
-        why = (
-            "its partition holds no rows"
-            if event_files.get(run_date)
-            else "there is no partition of that day"
-        )
-        problems.append(
-            Problem(
-                "error",
-                str(events_dir),
-                None,
-                f"no events for the run date {run_date} ({why}; events span {stats['first_dt']} to "
-                f"{stats['last_dt']})",
-                "pass a run date that has events, or add the events of that day",
-            )
-        )
+    stats["events_by_partition"] = scan.rows_by_day
+    stats["events_by_type"] = scan.by_type
+    if run_date is not None and (p := _run_date_problem(event_files, scan.rows_by_day, run_date, events_dir)):
+        problems.append(p)
 
 
 # ---------------------------------------------------------------- entry point
