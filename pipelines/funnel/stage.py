@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import date, timedelta
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +47,79 @@ from pipelines.config import FunnelConfig
 from pipelines.funnel.evaluate import evaluate
 from pipelines.funnel.inputs import load_inputs, midnight, positives, read_window
 from pipelines.funnel.layout import DATASET, FEATURES, RECALL_K
-from pipelines.funnel.lists import fusion_weights, popular_for, rerank, sources_as_of, user_lists
+from pipelines.funnel.lists import Sources, fusion_weights, popular_for, rerank, sources_as_of, user_lists
 from pipelines.funnel.train import Trained, arrays, logits, train_on_lists, training_lists
 from pipelines.names import CANDIDATES, METRICS_FILE, MODEL_FILE, SCORES
 from retrieval import sources as src
 
 log = logging.getLogger(__name__)
+
+
+def _published(
+    trained: Trained,
+    merged: pl.DataFrame,
+    pop: pl.DataFrame,
+    s: Sources,
+    users: pl.Series,
+    as_of: datetime,
+    dev: torch.device,
+) -> pl.DataFrame:
+    """One block's published rows (u, i, rank, score, source, ...) in the order the guard chose: the
+    ranker's scores of the merged lists, the merged order, or popularity."""
+    if trained.order == "merged":
+        return merged.with_columns(pl.col("rrf").alias("score"))
+    if trained.order != "ranker":
+        return pop.with_columns(pl.lit("popular").alias("source"))
+    feats = pair_features(merged, s.events_of(users), s.items, as_of, src.SOURCES)
+    sparse, x = arrays(feats)
+    lg = logits(trained.model, sparse, ((x - trained.mean) / trained.std).astype(np.float32), dev)
+    pub = merged.with_columns(
+        pl.Series("score", 1.0 / (1.0 + np.exp(-lg.astype(np.float64))), dtype=pl.Float32)
+    )
+    return pub.drop("rank").join(rerank(pub, "score", True), on=["u", "i"])
+
+
+@dataclass
+class _Hits:
+    """What the evaluation reads of each list, kept block by block: the rows of its top RECALL_K that an
+    evaluated user came back for, and how many evaluated users got a published list (nothing without a
+    horizon)."""
+
+    eval_pairs: pl.DataFrame | None  # u, i: the positives of the horizon of the evaluated users
+    eval_users: pl.Series | None
+    lists: dict[str, list[pl.DataFrame]] = field(default_factory=dict)
+    covered: int = 0
+
+    def keep(self, name: str, df: pl.DataFrame) -> None:
+        if self.eval_pairs is not None:
+            self.lists.setdefault(name, []).append(
+                df.filter(pl.col("rank") <= RECALL_K)
+                .join(self.eval_pairs, on=["u", "i"], how="semi")
+                .select("u", "i", "rank")
+            )
+
+    def cover(self, published: pl.DataFrame) -> None:
+        if self.eval_users is not None:
+            self.covered += (
+                published.select("u").unique().join(self.eval_users.to_frame(), on="u", how="semi").height
+            )
+
+
+def _cold_rows(
+    cold: pl.DataFrame, pop_rows: pl.DataFrame, cand_cols: list[str]
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(candidates rows, scores rows) of users without an event in the lookback: the popularity list."""
+    block = cold.sort("user_id").join(pop_rows, how="cross").with_columns(pl.lit("popular").alias("source"))
+    cands = (
+        block.with_columns(
+            pl.lit(1 << src.SOURCES.index("popular"), pl.UInt8).alias("sources"),
+            *[pl.lit(None, pl.Float32).alias(f"score_{x}") for x in src.SOURCES],
+            *[pl.lit(None, pl.Int32).alias(f"rank_{x}") for x in src.SOURCES],
+        )
+        .with_columns(pl.col("score").alias("score_popular"), pl.col("rank").alias("rank_popular"))
+        .select(cand_cols)
+    )
+    return cands, block.select("user_id", "item_id", "score", "rank", "source")
 
 
 def funnel_stage(
@@ -115,18 +183,7 @@ def funnel_stage(
     eval_users = (
         eval_rel.join(active.to_frame(), on="u", how="semi")["u"].unique().sort() if horizon else None
     )
-    eval_pairs = eval_rel.join(eval_users.to_frame(), on="u", how="semi") if horizon else None
-    collected: dict[str, list[pl.DataFrame]] = {}
-    covered = 0
-
-    def keep(name: str, df: pl.DataFrame) -> None:
-        """Keep what the metrics read: the rows of the top RECALL_K that an evaluated user came back for."""
-        if eval_pairs is not None:
-            collected.setdefault(name, []).append(
-                df.filter(pl.col("rank") <= RECALL_K)
-                .join(eval_pairs, on=["u", "i"], how="semi")
-                .select("u", "i", "rank")
-            )
+    hits = _Hits(eval_rel.join(eval_users.to_frame(), on="u", how="semi") if horizon else None, eval_users)
 
     id_of = inp.users.select("u", "user_id")
     item_of = inp.items
@@ -143,31 +200,16 @@ def funnel_stage(
                 raw, merged = user_lists(s, users, cfg, inp.emb, weights)
                 pop = popular_for(s, users, cfg.k)
                 merged = merged.with_columns(src.primary_source(pl.col("sources")).alias("source"))
-                if trained.order == "ranker":
-                    feats = pair_features(merged, s.events_of(users), s.items, end_d, src.SOURCES)
-                    sparse, x = arrays(feats)
-                    lg = logits(
-                        trained.model, sparse, ((x - trained.mean) / trained.std).astype(np.float32), dev
-                    )
-                    pub = merged.with_columns(
-                        pl.Series("score", 1.0 / (1.0 + np.exp(-lg.astype(np.float64))), dtype=pl.Float32)
-                    )
-                    ranked_pub = rerank(pub, "score", True)
-                    pub = pub.drop("rank").join(ranked_pub, on=["u", "i"])
-                elif trained.order == "merged":
-                    pub = merged.with_columns(pl.col("rrf").alias("score"))
-                else:
-                    pub = pop.with_columns(pl.lit("popular").alias("source"))
-                keep("published", pub)
-                if eval_users is not None:
-                    covered += pub.select("u").unique().join(eval_users.to_frame(), on="u", how="semi").height
-                keep("merged", merged)
-                keep("popularity", pop)
+                pub = _published(trained, merged, pop, s, users, end_d, dev)
+                hits.keep("published", pub)
+                hits.cover(pub)
+                hits.keep("merged", merged)
+                hits.keep("popularity", pop)
                 for name, df in raw.items():
                     ranked = df.join(s.exclude, on=["u", "i"], how="anti")
-                    keep(name, rerank(ranked.with_columns(pl.col("rank").alias("_r")), "_r", False))
+                    hits.keep(name, rerank(ranked.with_columns(pl.col("rank").alias("_r")), "_r", False))
                 if trained.order == "ranker":
-                    keep("ranker", pub)
+                    hits.keep("ranker", pub)
                 cw.write(
                     merged.join(id_of, on="u").join(item_of, on="i")
                     .with_columns(pl.col("rrf").alias("score"))
@@ -186,20 +228,9 @@ def funnel_stage(
             )
             pop_rows = s.pop.join(item_of, on="i").sort("rank")
             for lo in range(0, cold.height, cfg.block_users):
-                block = cold.slice(lo, cfg.block_users).sort("user_id").join(pop_rows, how="cross")
-                block = block.with_columns(pl.lit("popular").alias("source"))
-                cw.write(
-                    block.with_columns(
-                        pl.lit(1 << src.SOURCES.index("popular"), pl.UInt8).alias("sources"),
-                        *[pl.lit(None, pl.Float32).alias(f"score_{x}") for x in src.SOURCES],
-                        *[pl.lit(None, pl.Int32).alias(f"rank_{x}") for x in src.SOURCES],
-                    )
-                    .with_columns(
-                        pl.col("score").alias("score_popular"), pl.col("rank").alias("rank_popular")
-                    )
-                    .select(cand_cols)
-                )
-                sw.write(block.select("user_id", "item_id", "score", "rank", "source"))
+                cands, scores = _cold_rows(cold.slice(lo, cfg.block_users), pop_rows, cand_cols)
+                cw.write(cands)
+                sw.write(scores)
             n_cand, n_scores = cw.rows, sw.rows
         phase("publish_lists")
         cand_stage.extra.update(
@@ -222,7 +253,7 @@ def funnel_stage(
 
         evaluation: dict[str, Any] = {"present": False, "horizon_days": cfg.horizon_days}
         if horizon:
-            evaluation = evaluate(inp, s, eval_rel, eval_users, collected, covered, out, dt, cfg, seed)
+            evaluation = evaluate(inp, s, eval_rel, eval_users, hits.lists, hits.covered, out, dt, cfg, seed)
             evaluation["horizon"] = [d.isoformat() for d in horizon]
         phase("evaluation")
         metrics = {
