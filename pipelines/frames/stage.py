@@ -15,6 +15,7 @@ import polars as pl
 from features.config import ColumnsConfig, FeaturesConfig, SamplingConfig
 from features.hashing import (
     FieldSpec,
+    Vocab,
     bucketize,
     build_vocab,
     collision_report,
@@ -201,6 +202,30 @@ def _features_pass(
 # ---------------------------------------------------------------- the stage
 
 
+def _numeric_stats_json(stats: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
+    """numeric_stats.json: each num_<side>_<source> column's side, source column, mean, std and count."""
+    return {
+        c: {"side": c.split("_")[1], "source": c.split("_", 2)[2], **stats[c], "fitted_on": RANKER_TRAIN}
+        for c in stats
+    }
+
+
+def _collisions(
+    vocab: Vocab, user_tab: pl.DataFrame, item_tab: pl.DataFrame, cross_pairs: pl.DataFrame | None, seed: int
+) -> dict[str, Any]:
+    """The hash-collision report of every field: users and items over their tables, crosses over the
+    distinct source-value pairs of the examples."""
+    user_fields, item_fields = side_fields(vocab, "user"), side_fields(vocab, "item")
+    out = {
+        **collision_report(bucketize(user_tab, user_fields, seed), user_fields),
+        **collision_report(bucketize(item_tab, item_fields, seed), item_fields),
+    }
+    cross_fields = side_fields(vocab, "cross")
+    if cross_pairs is not None and cross_fields:
+        out.update(collision_report(bucketize(cross_pairs, cross_fields, seed), cross_fields))
+    return out
+
+
 def build_frames(
     data_dir: Path,
     out: Path,
@@ -253,7 +278,7 @@ def build_frames(
     unique_ids(items, "item_id", str(io.items_path(data_dir)))
     cols = resolve_columns(users, items, columns)
     vocab = build_vocab(list(cols.user_categorical), list(cols.item_categorical), features)
-    user_fields, item_fields = side_fields(vocab, "user"), side_fields(vocab, "item")
+    item_fields = side_fields(vocab, "item")
     cross_fields = side_fields(vocab, "cross")
     item_id_field = vocab.item_id_field()
     if item_id_field is None:
@@ -301,24 +326,9 @@ def build_frames(
             stats,
         )
         stage.write_table(items_out, ITEMS)
-        numeric_stats = {
-            c: {
-                "side": c.split("_")[1],
-                "source": c.split("_", 2)[2],
-                **stats[c],
-                "fitted_on": RANKER_TRAIN,
-            }
-            for c in stats
-        }
-        collisions = {
-            **collision_report(bucketize(user_tab, user_fields, features.hash_seed), user_fields),
-            **collision_report(bucketize(item_tab, item_fields, features.hash_seed), item_fields),
-        }
-        if cross_fields:
-            pairs = pl.concat(totals.cross_pairs, how="vertical").unique()
-            collisions.update(
-                collision_report(bucketize(pairs, cross_fields, features.hash_seed), cross_fields)
-            )
+        numeric_stats = _numeric_stats_json(stats)
+        cross_pairs = pl.concat(totals.cross_pairs, how="vertical").unique() if cross_fields else None
+        collisions = _collisions(vocab, user_tab, item_tab, cross_pairs, features.hash_seed)
         stage.add_inputs(*(f"events/dt={d.isoformat()}" for d in read_days), io.USERS_FILE, io.ITEMS_FILE)
         stage.write_json(VOCAB_FILE, vocab.to_json())
         stage.write_json(NUMERIC_STATS_FILE, numeric_stats)
