@@ -58,5 +58,7 @@ class RankerConfig(_Frozen):
     amp: bool = True  # autocast + GradScaler, CUDA only
     ddp: bool = False  # torchrun data-parallel
     quantize_int8: bool = False  # dynamic INT8 Linear layers for CPU scoring
+    use_text: bool = True  # the items' text embedding as an input (when embeddings/dt=D is committed)
+    use_image: bool = True  # the items' image embedding as an input
     warm_start: bool = True
     prefetch_batches: int = Field(0, ge=0)  # training batches read ahead by a thread (0: none)

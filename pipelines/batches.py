@@ -57,6 +57,17 @@ class ItemContent:
     def __len__(self) -> int:
         return int(self.text.shape[0])
 
+    def only(self, *, text: bool = True, image: bool = True) -> ItemContent:
+        """This content with a modality dropped: its matrix gets width 0 and its mask 0 (the model built for
+        it has no input for that modality)."""
+        n = len(self)
+        return ItemContent(
+            text=self.text if text else np.zeros((n, 0), np.float32),
+            has_text=self.has_text if text else np.zeros(n, np.float32),
+            image=self.image if image else np.zeros((n, 0), np.float32),
+            has_image=self.has_image if image else np.zeros(n, np.float32),
+        )
+
 
 def load_vocab(out: Path, dt: date) -> Vocab:
     """The vocab of frames/dt=D (field names, bucket counts, sides)."""

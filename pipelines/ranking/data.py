@@ -54,11 +54,18 @@ class RankerData:
 
 
 def prepare_data(
-    out: Path, dt: date, *, item_content: bool = True, sides: tuple[str, ...] = SIDES
+    out: Path,
+    dt: date,
+    *,
+    item_content: bool = True,
+    sides: tuple[str, ...] = SIDES,
+    use_text: bool = True,
+    use_image: bool = True,
 ) -> RankerData:
     """Paths, vocab and the batch spec of the ranker files of frames/dt=D.
 
-    item_content: use the text/image embeddings of embeddings/dt=D when that partition is committed.
+    item_content: use the text/image embeddings of embeddings/dt=D when that partition is committed;
+    use_text / use_image: keep that modality (a dropped one has width 0, so the model has no input for it).
     sides: vocab sides whose hashed fields enter the model (all three for the nightly ranker).
     """
     out = Path(out)
@@ -68,7 +75,7 @@ def prepare_data(
     vocab = load_vocab(out, dt)
     content = None
     if item_content and io.is_committed(out, EMBEDDINGS, dt):
-        content = load_item_content(out, dt)
+        content = load_item_content(out, dt).only(text=use_text, image=use_image)
     elif item_content:
         log.warning("ranker dt=%s: embeddings/dt=%s is not committed; training without text/image", dt, dt)
     schema = pl.read_parquet_schema(train)

@@ -130,7 +130,7 @@ def train_and_evaluate(out: Path, dt: date, cfg: RankerConfig, seed: int, device
     """
     out = Path(out)
     dev = resolve_device(device)
-    data = prepare_data(out, dt)
+    data = prepare_data(out, dt, use_text=cfg.use_text, use_image=cfg.use_image)
     prev = _previous_model(out, dt) if cfg.warm_start else None
     start = time.perf_counter()
     model, result, info = fit(cfg, data, seed, dev, warm_from=prev[1] if prev else None)

@@ -151,3 +151,19 @@ def test_prefetched_stream_equals_the_serial_stream(tmp_path: Path):
         for s, a in zip(serial, ahead, strict=True):
             assert s.keys() == a.keys()
             assert all(torch.equal(s[k], a[k]) for k in s)
+
+
+def test_item_content_only_drops_a_modality_to_width_zero() -> None:
+    from pipelines.batches import ItemContent
+
+    content = ItemContent(
+        text=np.ones((3, 4), np.float32),
+        has_text=np.ones(3, np.float32),
+        image=np.ones((3, 2), np.float32),
+        has_image=np.ones(3, np.float32),
+    )
+    text_only = content.only(image=False)
+    assert (text_only.text_dim, text_only.image_dim) == (4, 0)
+    assert text_only.has_image.sum() == 0 and text_only.has_text.sum() == 3
+    image_only = content.only(text=False)
+    assert (image_only.text_dim, image_only.image_dim) == (0, 2)
