@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -41,3 +42,25 @@ def read(path: Path | str, kind: str) -> dict[str, Any]:
             f"with the loader of its own kind"
         )
     return payload
+
+
+def warm_start(model: nn.Module, path: Path | str, kind: str) -> list[str]:
+    """Copy into `model` every tensor of the `kind` checkpoint at `path` whose name and shape match.
+
+    Returns the names copied (sorted); the other tensors keep their current values (a table whose bucket
+    count changed, a modality switched on, a layer of another width). Logs what was kept.
+    """
+    old = read(path, kind)["state_dict"]
+    own = model.state_dict()
+    matched = {k: v for k, v in old.items() if k in own and own[k].shape == v.shape}
+    kept = sorted(set(own) - set(matched))
+    model.load_state_dict(matched, strict=False)
+    if kept:
+        logging.getLogger(__name__).info(
+            "warm start from %s: %d tensors copied, %d kept (new or reshaped): %s",
+            path,
+            len(matched),
+            len(kept),
+            kept,
+        )
+    return sorted(matched)

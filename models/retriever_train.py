@@ -384,12 +384,4 @@ def warm_start_retriever(model: nn.Module, path: Path | str) -> list[str]:
     Returns the names copied (sorted); the other tensors keep their values (a table whose bucket count
     changed, a modality switched on, a wider MLP). Logs what was kept.
     """
-    path = Path(path)
-    old = _read(path)["state_dict"]
-    own = model.state_dict()
-    matched = {k: v for k, v in old.items() if k in own and own[k].shape == v.shape}
-    kept = sorted(set(own) - set(matched))
-    model.load_state_dict(matched, strict=False)
-    if kept:
-        log.info("warm start from %s: %d tensors copied, %d kept: %s", path, len(matched), len(kept), kept)
-    return sorted(matched)
+    return checkpoint.warm_start(model, path, _CHECKPOINT_KIND)

@@ -545,19 +545,4 @@ def warm_start(model: nn.Module, path: Path | str) -> list[str]:
     Returns the names copied; the others keep their current values (e.g. an embedding table whose bucket
     count changed, or a cross net of another width). Logs what was skipped.
     """
-    path = Path(path)
-    old = _read(path)["state_dict"]
-    inner = unwrap(model)
-    own = inner.state_dict()
-    matched = {k: v for k, v in old.items() if k in own and own[k].shape == v.shape}
-    skipped = sorted(set(own) - set(matched))
-    inner.load_state_dict(matched, strict=False)
-    if skipped:
-        log.info(
-            "warm start from %s: %d tensors copied, %d kept (new or reshaped): %s",
-            path,
-            len(matched),
-            len(skipped),
-            skipped,
-        )
-    return sorted(matched)
+    return checkpoint.warm_start(unwrap(model), path, _CHECKPOINT_KIND)
