@@ -9,17 +9,21 @@
 
 The generative model (docs/synthetic-data.md gives every constant and the planted signals):
 
-* users have attributes, a latent taste vector u (dim D) built from city tier, device and noise, and a
-  Dirichlet preference over the 27 subcategories (category_l2) that tilts which items they are shown;
+* users have attributes, a latent taste vector u (dim D) built from city tier, device and noise, a
+  Dirichlet preference over the 27 subcategories (category_l2) that tilts which items they are shown, and
+  (half of them each) a favourite image pattern and a favourite title style;
 * items have attributes, a latent vector v built from category, brand, colour and noise, a Zipf-like base
   popularity, a launch day (~20% launch after day 0: cold start), a title composed from the attributes and
-  an image whose colour and shape come from the item's colour and category;
+  a style word (the adjective), and an image whose colour and shape come from the item's colour and
+  category, with a pattern (plain, stripes, dots, checks) that no column or title names;
+* the utility of item i for user u is s = u.v plus `content_signal` for each of the pattern and the style
+  that is u's favourite (`utility`): the only planted preference that the title and the image alone reveal;
 * each day, every user views Poisson(rate) items; a view picks one of K candidates drawn from popularity
-  tilted by the user's subcategory preference, with probability proportional to exp(beta * u.v)
-  (sampling-importance-resampling of pop(t) * g_u[category] * exp(beta u.v); `view_log_weights`);
+  tilted by the user's subcategory preference, with probability proportional to exp(beta * s)
+  (sampling-importance-resampling of pop(t) * g_u[category] * exp(beta s); `view_log_weights`);
   popularity drifts with a per-category season and a launch boost of new items;
 * each view may become a click, each click a cart, each cart a purchase, by logistic propensities that add
-  the latent affinity u.v to two planted feature crosses (age_bucket x price_bucket, gender x category_l1)
+  the utility s to two planted feature crosses (age_bucket x price_bucket, gender x category_l1)
   whose cells flip sign and whose row and column means are zero, so one-hot marginals cannot explain them.
 
 Everything is vectorised with numpy: loops run over days, chunks of views, event types and shapes, never
@@ -29,12 +33,21 @@ is bounded by one day of events (plus the user and item tables), whatever the nu
 
 The package holds one concern per module: `vocab` (the constants of the model), `spec` (`SyntheticSpec`,
 `PRESETS`, the random streams), `world` (users, items and their hidden variables), `images` (rendering and
-writing the product images), `simulation` (one day of events) and `writer` (`generate`, the only one that
-writes). Every public name is importable from `pipelines.datasets.synthetic`.
+writing the product images), `simulation` (one day of events), `writer` (`generate`, the only one that
+writes) and `ceiling` (what a perfect model reaches, from the hidden variables; not imported here, it
+needs torch). Every other public name is importable from `pipelines.datasets.synthetic`.
 """
 
-from pipelines.datasets.synthetic.images import render_images, write_images
-from pipelines.datasets.synthetic.simulation import daily_popularity, simulate_day, view_log_weights
+from pipelines.datasets.synthetic.images import pattern_mask, render_images, write_images
+from pipelines.datasets.synthetic.simulation import (
+    click_logit,
+    content_term,
+    cross_term,
+    daily_popularity,
+    simulate_day,
+    utility,
+    view_log_weights,
+)
 from pipelines.datasets.synthetic.spec import PRESETS, SyntheticSpec
 from pipelines.datasets.synthetic.vocab import (
     ADJECTIVES,
@@ -76,6 +89,10 @@ from pipelines.datasets.synthetic.vocab import (
     LAUNCH_BOOST_DAYS,
     ORIGIN_PROBS,
     ORIGINS,
+    PATTERN_DARKEN_ABOVE,
+    PATTERN_PERIOD,
+    PATTERN_TONE,
+    PATTERNS,
     PRICE_BUCKETS,
     PRICE_EDGES,
     PRICE_SCORE,
@@ -86,6 +103,7 @@ from pipelines.datasets.synthetic.vocab import (
     PURCHASE_PRICE_SLOPE,
     SEASON_AMPLITUDE,
     SEASON_PERIOD_DAYS,
+    STYLE_CHOICES,
     WEEKDAY_FACTOR,
     WEEKEND_FACTOR,
 )
@@ -93,6 +111,7 @@ from pipelines.datasets.synthetic.world import (
     World,
     build_world,
     category_preferences,
+    content_properties,
     planted_crosses,
     price_bucket_of,
 )
@@ -138,6 +157,10 @@ __all__ = [
     "LAUNCH_BOOST_DAYS",
     "ORIGINS",
     "ORIGIN_PROBS",
+    "PATTERNS",
+    "PATTERN_DARKEN_ABOVE",
+    "PATTERN_PERIOD",
+    "PATTERN_TONE",
     "PRESETS",
     "PRICE_BUCKETS",
     "PRICE_EDGES",
@@ -149,18 +172,25 @@ __all__ = [
     "PURCHASE_PRICE_SLOPE",
     "SEASON_AMPLITUDE",
     "SEASON_PERIOD_DAYS",
+    "STYLE_CHOICES",
     "SyntheticSpec",
     "WEEKDAY_FACTOR",
     "WEEKEND_FACTOR",
     "World",
     "build_world",
     "category_preferences",
+    "click_logit",
+    "content_properties",
+    "content_term",
+    "cross_term",
     "daily_popularity",
     "generate",
+    "pattern_mask",
     "planted_crosses",
     "price_bucket_of",
     "render_images",
     "simulate_day",
+    "utility",
     "view_log_weights",
     "write_images",
 ]

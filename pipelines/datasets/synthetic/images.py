@@ -1,5 +1,5 @@
-"""Product images of the synthetic items: rendering (a category shape filled with the item's colour) and
-writing one PNG per item with an image_path."""
+"""Product images of the synthetic items: rendering (a category shape filled with the item's colour, with
+the item's pattern drawn over it) and writing one PNG per item with an image_path."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ from PIL import Image
 
 from pipelines import io
 from pipelines.datasets.synthetic.spec import S_IMAGES, SyntheticSpec, stream_rng
-from pipelines.datasets.synthetic.vocab import COLOUR_RGB, L1_SHAPES
+from pipelines.datasets.synthetic.vocab import (
+    COLOUR_RGB,
+    L1_SHAPES,
+    PATTERN_DARKEN_ABOVE,
+    PATTERN_PERIOD,
+    PATTERN_TONE,
+    PATTERNS,
+)
 from pipelines.datasets.synthetic.world import World
 
 _IMAGE_CHUNK = 256  # images rendered per block
@@ -43,15 +50,57 @@ def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}; fix: use one of {L1_SHAPES}")
 
 
+def pattern_mask(pattern: np.ndarray, phase: np.ndarray, size: int) -> np.ndarray:
+    """Where each image's pattern is drawn, on a square lattice of period PATTERN_PERIOD * size pixels.
+
+    pattern: [n] int, index into PATTERNS; phase: [n, 2] float in [0, 1), the lattice offset (x, y) in
+    periods. Returns [n, size, size] bool: stripes, diagonal bands over 1/3 of the area; dots, discs of
+    radius 0.28 period (25%); checks, horizontal and vertical lines 0.2 period wide (36%); plain, none.
+
+    >>> m = pattern_mask(np.array([0, 1, 2, 3]), np.zeros((4, 2)), 64)
+    >>> [round(float(x), 2) for x in m.mean(axis=(1, 2))]
+    [0.0, 0.33, 0.24, 0.34]
+    """
+    n = len(pattern)
+    coords = (np.arange(size, dtype=np.float64) + 0.5) / (PATTERN_PERIOD * size)  # (S,) in periods
+    x = (coords[None, None, :] + phase[:, 0, None, None]) % 1.0  # (n, 1, S) position inside the cell
+    y = (coords[None, :, None] + phase[:, 1, None, None]) % 1.0  # (n, S, 1)
+    out = np.zeros((n, size, size), dtype=bool)
+    for k, name in enumerate(PATTERNS):
+        sel = np.flatnonzero(pattern == k)
+        if name == "plain" or not sel.size:
+            continue
+        xs, ys = x[sel], y[sel]  # (m, 1, S), (m, S, 1)
+        if name == "stripes":
+            out[sel] = (xs + ys) % 1.0 < 1.0 / 3.0
+        elif name == "dots":
+            out[sel] = (xs - 0.5) ** 2 + (ys - 0.5) ** 2 < 0.28**2
+        elif name == "checks":
+            out[sel] = (xs < 0.2) | (ys < 0.2)
+        else:
+            raise ValueError(
+                f"unknown pattern {name!r}; fix: draw it in pattern_mask or drop it from PATTERNS"
+            )
+    return out
+
+
 def render_images(
-    colour: np.ndarray, category_l1: np.ndarray, rng: np.random.Generator, size: int = 64
+    colour: np.ndarray,
+    category_l1: np.ndarray,
+    rng: np.random.Generator,
+    size: int = 64,
+    pattern: np.ndarray | None = None,
 ) -> np.ndarray:
     """Render product images: a shape of the item's category filled with the item's colour.
 
-    colour: [n] int, index into COLOURS; category_l1: [n] int, index into CATEGORIES_L1 (shape L1_SHAPES).
+    colour: [n] int, index into COLOURS; category_l1: [n] int, index into CATEGORIES_L1 (shape L1_SHAPES);
+    pattern: [n] int, index into PATTERNS, or None (all plain).
     Returns [n, size, size, 3] uint8 RGB. Variation per image: centre offset (std size/20 px), radius
     (0.22..0.34 of size), colour jitter (std 10 per channel), background (light behind dark colours, dark
-    behind light ones, per-image level and a linear lighting gradient) and pixel noise (std 3).
+    behind light ones, per-image level and a linear lighting gradient) and pixel noise (std 3). A pattern
+    (`pattern_mask`, random lattice offset) is drawn inside the shape in a tone of the fill colour:
+    PATTERN_TONE of the way to black for fills of luminance > PATTERN_DARKEN_ABOVE, to white for darker ones. Images
+    without a pattern take the same random draws as before patterns existed (the offsets are drawn last).
     """
     n = len(colour)
     rgb = np.asarray(COLOUR_RGB, dtype=np.float32)[colour]  # (n, 3)
@@ -75,7 +124,13 @@ def render_images(
     light = grad[:, 0, None, None] * ramp[None, None, :] + grad[:, 1, None, None] * ramp[None, :, None]
     background = (bg_level[:, None, None] + light)[..., None]  # (n, S, S, 1)
     img = np.where(mask[..., None], rgb[:, None, None, :], background)  # (n, S, S, 3)
-    img = img + rng.normal(0.0, 3.0, img.shape).astype(np.float32)
+    noise = rng.normal(0.0, 3.0, img.shape).astype(np.float32)  # (n, S, S, 3)
+    if pattern is not None and np.any(pattern > 0):
+        drawn = mask & pattern_mask(pattern, rng.random((n, 2)), size)  # (n, S, S)
+        dark = (luminance > PATTERN_DARKEN_ABOVE)[:, None]  # (n, 1)
+        tone = np.where(dark, rgb * (1.0 - PATTERN_TONE), rgb + (255.0 - rgb) * PATTERN_TONE)  # (n, 3)
+        img = np.where(drawn[..., None], tone[:, None, None, :], img)  # (n, S, S, 3)
+    img = img + noise
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
@@ -100,6 +155,7 @@ def write_images(data_dir: Path, world: World, spec: SyntheticSpec) -> int:
             world.item_l1[lo:hi],
             stream_rng(spec.seed, S_IMAGES, c),
             spec.image_size,
+            world.item_pattern[lo:hi],
         )
         for k in np.flatnonzero(has_image[lo:hi]):
             io.write_input_file(data_dir, paths[lo + k], _png(imgs[k]))

@@ -9,6 +9,7 @@ import numpy as np
 
 from pipelines.datasets.synthetic.spec import S_DAY, SyntheticSpec, stream_rng
 from pipelines.datasets.synthetic.vocab import (
+    ADJECTIVES,
     CART_AFF,
     CART_BIAS,
     CART_CROSS,
@@ -22,6 +23,7 @@ from pipelines.datasets.synthetic.vocab import (
     L2_VOCAB,
     LAUNCH_BOOST,
     LAUNCH_BOOST_DAYS,
+    PATTERNS,
     PURCHASE_AFF,
     PURCHASE_BIAS,
     PURCHASE_CROSS,
@@ -53,11 +55,44 @@ def daily_popularity(world: World, spec: SyntheticSpec, day: int) -> np.ndarray:
     return np.where(age >= 0, world.item_popularity * season * boost, 0.0)
 
 
+def content_term(world: World, spec: SyntheticSpec, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """The content-only part of the utility: content_signal * ([pattern_i = favourite pattern of u] - 1/4
+    + [style_i = favourite style of u] - 1/6), each bracket only for users with that favourite
+    (`content_properties`; 0 for users without any).
+
+    1/4 and 1/6 are the shares of items of any one pattern (4, uniform) and style (6 adjectives, uniform),
+    so the term averages to zero over the catalogue for every user, like u.v: a favourite makes its items
+    more attractive than the others without making the user click more overall.
+
+    users: [Q] int64 user indices; items: [Q, K] or [1, N] int64 item indices (row-wise candidates, or every
+    item for every user). Returns [Q, K] (or [Q, N]) float32.
+    """
+    fav_pattern = world.user_pattern[users][:, None]  # (Q, 1)
+    fav_style = world.user_style[users][:, None]  # (Q, 1)
+    hits = (world.item_pattern[items] == fav_pattern).astype(np.float32)  # (Q, K)
+    hits += world.item_style[items] == fav_style
+    expected = (fav_pattern >= 0) / np.float32(len(PATTERNS)) + (fav_style >= 0) / np.float32(len(ADJECTIVES))
+    return np.float32(spec.content_signal) * (hits - expected.astype(np.float32))  # (Q, K)
+
+
+def utility(world: World, spec: SyntheticSpec, users: np.ndarray) -> np.ndarray:
+    """The utility s(u, i) = u.v_i + content term of every item for each of `users`: what a view's pick
+    among its candidates weighs by beta and what raises the click, cart and purchase logits.
+
+    users: [Q] int64 user indices. Returns [Q, N] float32.
+    """
+    s = world.user_latent[users] @ world.item_latent.T  # (Q, N)
+    if spec.content_signal > 0:
+        s = s + content_term(world, spec, users, np.arange(world.item_l1.size)[None, :])
+    return s
+
+
 def view_log_weights(world: World, spec: SyntheticSpec, users: np.ndarray, day: int) -> np.ndarray:
     """Log of the unnormalised view distribution of each user on day index `day` (the SIR target).
 
     users: [Q] int64 user indices. Returns [Q, N] float64
-    log p_i(t) + log g_u[c_i] + beta * u.v_i (-inf for items not launched yet): a view of user u shows item i
+    log p_i(t) + log g_u[c_i] + beta * s(u, i) (-inf for items not launched yet), s the `utility` (u.v_i
+    plus the content term): a view of user u shows item i
     with probability proportional to exp of this as the number of candidates K grows (for finite K the
     ranking is the same and the distribution somewhat flatter). Ranking by it plus the log click
     probability is the generator's own (oracle) ranking of next-day positives.
@@ -65,7 +100,27 @@ def view_log_weights(world: World, spec: SyntheticSpec, users: np.ndarray, day: 
     p = daily_popularity(world, spec, day)  # (N,)
     with np.errstate(divide="ignore"):
         log_p = np.log(p)[None, :] + np.log(world.user_category_tilt[users][:, world.item_l2])  # (Q, N)
-    return log_p + spec.affinity * (world.user_latent[users] @ world.item_latent.T).astype(np.float64)
+    return log_p + spec.affinity * utility(world, spec, users).astype(np.float64)
+
+
+def cross_term(world: World, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """The planted crosses of the funnel logits, C_AP[age_u, price_bucket_i] + C_GC[gender_u, l1_i].
+
+    users, items: int64 index arrays of broadcastable shapes ([P] and [P] for pairs, [Q, 1] and [1, N] for
+    every item of each user). Returns float64 of the broadcast shape.
+    """
+    return (
+        world.cross_ap[world.user_age[users], world.item_price_bucket[items]]
+        + world.cross_gc[world.user_gender[users], world.item_l1[items]]
+    )
+
+
+def click_logit(s: np.ndarray, cross: np.ndarray) -> np.ndarray:
+    """P(click | view) = sigmoid of CLICK_BIAS + CLICK_AFF * s + CLICK_CROSS * cross.
+
+    s: utility (`utility`: u.v plus the content term); cross: `cross_term`; same shapes. Returns float64.
+    """
+    return CLICK_BIAS + CLICK_AFF * s + CLICK_CROSS * cross
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -84,8 +139,9 @@ def simulate_day(world: World, spec: SyntheticSpec, day: int) -> dict[str, np.nd
     """Events of day index `day` (0 = spec.start), as index arrays sorted by time.
 
     Each view draws `spec.candidates` candidates from the user's proposal p_i(t) * g_u[c_i] (a subcategory
-    from P_c(t) * g_u[c], then an item of it by p(t)) and keeps one by Gumbel-max over beta * u.v; then the
-    click / cart / purchase funnel follows (docs/synthetic-data.md).
+    from P_c(t) * g_u[c], then an item of it by p(t)) and keeps one by Gumbel-max over beta * s, s the utility
+    u.v plus the content term (`content_term`); then the click / cart / purchase funnel follows, each logit
+    raised by the same s (docs/synthetic-data.md).
 
     Returns {"user": [E] int64 user index, "item": [E] int64 item index, "event": [E] int8 index into
     EVENTS, "ts_us": [E] int64 microseconds since the day's midnight UTC}. Depends only on (spec, day).
@@ -125,6 +181,8 @@ def simulate_day(world: World, spec: SyntheticSpec, day: int) -> dict[str, np.nd
         pos = np.clip(np.searchsorted(cum, draws, side="right"), seg_start[cat], seg_end[cat] - 1)
         cand = order[pos]  # (b, K)
         s = np.einsum("bd,bkd->bk", world.user_latent[user[lo:hi]], world.item_latent[cand])  # (b, K)
+        if spec.content_signal > 0:
+            s = s + content_term(world, spec, user[lo:hi], cand)  # (b, K) utility
         pick = np.argmax(spec.affinity * s + rng.gumbel(size=s.shape), axis=1)  # (b,)
         item[lo:hi] = cand[rows, pick]
         affinity[lo:hi] = s[rows, pick]
@@ -132,12 +190,9 @@ def simulate_day(world: World, spec: SyntheticSpec, day: int) -> dict[str, np.nd
     ts = hours * 3_600_000_000 + rng.integers(0, 3_600_000_000, n_views)
     ts = np.minimum(ts, _DAY_US - _VIEW_TAIL_US).astype(np.int64)  # (V,)
 
-    cross = (
-        world.cross_ap[world.user_age[user], world.item_price_bucket[item]]
-        + world.cross_gc[world.user_gender[user], world.item_l1[item]]
-    )  # (V,)
+    cross = cross_term(world, user, item)  # (V,)
     s = affinity.astype(np.float64)
-    z_click = CLICK_BIAS + CLICK_AFF * s + CLICK_CROSS * cross
+    z_click = click_logit(s, cross)
     clicked = np.flatnonzero(rng.random(n_views) < _sigmoid(z_click))
     t_click = _delay(ts[clicked], CLICK_DELAY_S, rng)
     z_cart = CART_BIAS + CART_AFF * s[clicked] + CART_CROSS * cross[clicked]

@@ -8,7 +8,7 @@ from datetime import date, timedelta
 import numpy as np
 
 # stream ids of the random generators: default_rng([seed, STREAM, index])
-S_USERS, S_ITEMS, S_IMAGES, S_DAY, S_PREFS = 1, 2, 3, 4, 5
+S_USERS, S_ITEMS, S_IMAGES, S_DAY, S_PREFS, S_CONTENT = 1, 2, 3, 4, 5, 6
 
 
 def stream_rng(seed: int, stream: int, index: int = 0) -> np.random.Generator:
@@ -38,6 +38,11 @@ class SyntheticSpec:
     category_concentration: float | None = 1.0
     cross_strength: float = 1.0  # multiplies both planted crosses (0 removes them)
     image_size: int = 64
+    # content-only preferences (issue #17): the utility s = u.v gains content_signal for an item whose image
+    # pattern, and again for one whose title style, is the user's favourite; 0 plants nothing (all images
+    # plain, no preferences: the data of the generator before content signals)
+    content_signal: float = 1.0
+    content_user_share: float = 0.5  # share of users with a favourite pattern; the same, independently, style
 
     def __post_init__(self) -> None:
         checks = [
@@ -56,6 +61,8 @@ class SyntheticSpec:
             ),
             (self.zipf_exponent >= 0, "zipf_exponent must be >= 0"),
             (self.image_size >= 8, "image_size must be >= 8"),
+            (self.content_signal >= 0, "content_signal must be >= 0"),
+            (0.0 <= self.content_user_share <= 1.0, "content_user_share must be in [0, 1]"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -126,6 +126,16 @@ BRANDS: tuple[str, ...] = (
 ORIGINS: tuple[str, ...] = ("cn", "us", "de", "jp", "it", "vn", "in", "fr", "kr", "tr")
 ORIGIN_PROBS: tuple[float, ...] = (0.30, 0.14, 0.08, 0.08, 0.06, 0.10, 0.10, 0.05, 0.05, 0.04)
 ADJECTIVES: tuple[str, ...] = ("classic", "everyday", "premium", "compact", "vintage", "modern")
+# the adjective is the item's style: written in its title only (no column, not in the image); users with a
+# style preference like one of STYLE_CHOICES ("premium" is left out: it is also a price_bucket value)
+STYLE_CHOICES: tuple[int, ...] = (0, 1, 3, 4, 5)  # indices into ADJECTIVES
+# a pattern drawn over the item's shape in its image only (no column, not in the title); "plain" is none.
+# Users with a pattern preference like one of the others. Geometry in pixels of the rendered image:
+PATTERNS: tuple[str, ...] = ("plain", "stripes", "dots", "checks")
+PATTERN_PERIOD = 0.09  # lattice period as a share of the image size (5.8 px at 64 px)
+PATTERN_TONE = 0.5  # pattern pixels move this share of the way from the fill colour to black or to white:
+PATTERN_DARKEN_ABOVE = 110.0  # to black for fills of a luminance above this, to white below (far from both
+# the fill and the background for every colour of COLOURS)
 PRICE_BUCKETS: tuple[str, ...] = ("budget", "low", "mid", "high", "premium")
 PRICE_EDGES: tuple[float, ...] = (15.0, 30.0, 60.0, 120.0)  # bucket k: EDGES[k-1] <= price < EDGES[k]
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from pipelines.datasets.synthetic.spec import S_ITEMS, S_PREFS, S_USERS, SyntheticSpec, stream_rng
+from pipelines.datasets.synthetic.spec import S_CONTENT, S_ITEMS, S_PREFS, S_USERS, SyntheticSpec, stream_rng
 from pipelines.datasets.synthetic.vocab import (
     ADJECTIVES,
     AGE_BUCKETS,
@@ -36,9 +36,11 @@ from pipelines.datasets.synthetic.vocab import (
     L2_VOCAB,
     ORIGIN_PROBS,
     ORIGINS,
+    PATTERNS,
     PRICE_BUCKETS,
     PRICE_EDGES,
     PRICE_SCORE,
+    STYLE_CHOICES,
 )
 
 
@@ -67,6 +69,11 @@ class World:
     cross_gc: np.ndarray  # [3, 8] float64, planted gender x category_l1 logit term
     l2_base_share: np.ndarray  # [C] float64, share of base popularity of each subcategory (m_c)
     user_category_tilt: np.ndarray  # [U, C] float64, g_u[c] = pref_u[c] / m_c (all 1 without preference)
+    # content-only properties (`content_properties`): seen in the title or the image only, never in a column
+    item_style: np.ndarray  # [N] int8, index into ADJECTIVES: the title's first word
+    item_pattern: np.ndarray  # [N] int8, index into PATTERNS: drawn into the image (all 0 = plain when off)
+    user_style: np.ndarray  # [U] int8, favourite style (index into ADJECTIVES), -1 for none
+    user_pattern: np.ndarray  # [U] int8, favourite pattern (index into PATTERNS, never plain), -1 for none
 
 
 def _ids(prefix: str, n: int) -> pl.Series:
@@ -249,6 +256,7 @@ def _make_items(spec: SyntheticSpec) -> tuple[pl.DataFrame, dict[str, np.ndarray
         "price": price,
         "popularity": popularity,
         "launch": launch,
+        "style": adjective.astype(np.int8),
     }
     return df, arrays
 
@@ -279,6 +287,39 @@ def category_preferences(
     return np.where(m > 0, pref / np.where(m > 0, m, 1.0), 0.0)
 
 
+def content_properties(spec: SyntheticSpec) -> dict[str, np.ndarray]:
+    """The hidden variables that only content reveals: item patterns and the users' favourites.
+
+    Returns {"item_pattern": [N] int8 index into PATTERNS (uniform over all four, plain included),
+             "user_pattern": [U] int8 index into PATTERNS (uniform over the three non-plain) or -1,
+             "user_style": [U] int8 index into ADJECTIVES (uniform over STYLE_CHOICES) or -1};
+    each user has a favourite pattern with probability `spec.content_user_share` and, independently, a
+    favourite style with the same probability. All are independent of every other variable. With
+    `spec.content_signal == 0` nothing is drawn: every item is plain and nobody has a favourite, so the
+    world (and the written data) is the generator's without content signals.
+
+    >>> from datetime import date
+    >>> spec = SyntheticSpec(users=2, items=3, days=1, start=date(2024, 1, 1), content_signal=0.0)
+    >>> off = content_properties(spec)
+    >>> off["item_pattern"].tolist(), off["user_pattern"].tolist(), off["user_style"].tolist()
+    ([0, 0, 0], [-1, -1], [-1, -1])
+    """
+    if spec.content_signal == 0:
+        none = np.full(spec.users, -1, dtype=np.int8)
+        return {"item_pattern": np.zeros(spec.items, dtype=np.int8), "user_pattern": none, "user_style": none}
+    rng = stream_rng(spec.seed, S_CONTENT)
+    item_pattern = rng.integers(0, len(PATTERNS), size=spec.items).astype(np.int8)
+    has_pattern = rng.random(spec.users) < spec.content_user_share
+    pattern = rng.integers(1, len(PATTERNS), size=spec.users)
+    has_style = rng.random(spec.users) < spec.content_user_share
+    style = np.asarray(STYLE_CHOICES)[rng.integers(0, len(STYLE_CHOICES), size=spec.users)]
+    return {
+        "item_pattern": item_pattern,
+        "user_pattern": np.where(has_pattern, pattern, -1).astype(np.int8),
+        "user_style": np.where(has_style, style, -1).astype(np.int8),
+    }
+
+
 def build_world(spec: SyntheticSpec) -> World:
     """Users, items and their hidden variables for `spec` (deterministic in the spec)."""
     users, ua = _make_users(spec)
@@ -289,6 +330,7 @@ def build_world(spec: SyntheticSpec) -> World:
     tilt = category_preferences(
         base_share, spec.users, spec.category_concentration, stream_rng(spec.seed, S_PREFS)
     )
+    content = content_properties(spec)
     return World(
         users=users,
         items=items,
@@ -308,4 +350,8 @@ def build_world(spec: SyntheticSpec) -> World:
         cross_gc=gc,
         l2_base_share=base_share,
         user_category_tilt=tilt,
+        item_style=ia["style"],
+        item_pattern=content["item_pattern"],
+        user_style=content["user_style"],
+        user_pattern=content["user_pattern"],
     )
