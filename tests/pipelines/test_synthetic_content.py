@@ -231,3 +231,20 @@ def test_ceiling_counts_the_content_terms() -> None:
     off = content_ceiling(replace(spec, content_signal=0.0))
     assert off["click_auc"]["full"] == off["click_auc"]["without_content"]
     assert off["click_auc"]["content_only"] == 0.5  # a constant score
+
+
+def test_the_image_descriptor_sees_the_pattern() -> None:
+    # The project's training-free image encoder must be able to tell patterns apart, or the signal would be
+    # planted where no model of the project looks. 1-nearest-neighbour by descriptor cosine over images of
+    # random colour, shape and pattern: measured 0.64 here (400 / 200 images), 0.74 with 800 / 400 (edge
+    # block alone 0.89); chance is 0.25.
+    from features.embeddings import ColourEdgeDescriptor
+
+    rng = np.random.default_rng(0)
+    n, n_train = 600, 400
+    colour, shape, pattern = (rng.integers(0, k, n) for k in (len(COLOUR_RGB), 8, len(PATTERNS)))
+    imgs = render_images(colour, shape, np.random.default_rng(1), 64, pattern)
+    emb = ColourEdgeDescriptor().encode([Image.fromarray(x) for x in imgs])  # (n, d), L2-normalised blocks
+    nearest = np.argmax(emb[n_train:] @ emb[:n_train].T, axis=1)  # (200,)
+    accuracy = float((pattern[:n_train][nearest] == pattern[n_train:]).mean())
+    assert accuracy > 0.5, accuracy
