@@ -63,7 +63,7 @@ def _pair_scores(world: World, spec: SyntheticSpec, user: np.ndarray, item: np.n
 
 
 def _match_shares(
-    world: World, ev: dict[str, np.ndarray], fav: np.ndarray, item_prop: np.ndarray, control: np.ndarray
+    ev: dict[str, np.ndarray], fav: np.ndarray, item_prop: np.ndarray, control: np.ndarray
 ) -> dict[str, dict[str, float]]:
     """Per event type: share of the events of users with a favourite (fav >= 0) on items whose property is
     that favourite, and the same share for users without one against their pseudo-favourite `control`."""
@@ -159,14 +159,12 @@ def content_ceiling(
             "without_content": _oracle_recall(world, blind, user, item, day, k, block),
         },
         "pattern_match": _match_shares(
-            world,
             ev,
             world.user_pattern,
             world.item_pattern,
             control(world.user_pattern, np.arange(1, len(PATTERNS))),
         ),
         "style_match": _match_shares(
-            world,
             ev,
             world.user_style,
             world.item_style,
