@@ -135,9 +135,10 @@ def synthetic_ceiling(data: Path, out: Path, dt: date, preset: str) -> dict[str,
     """Recall of the generator's own scores: the ceiling a retriever can approach on synthetic data.
 
     score(u, i) = `pipelines.datasets.synthetic.view_log_weights` (log popularity_{D+1}(i) + log category tilt g_u[c_i]
-    + affinity * <u, v_i>) + log sigmoid(click logit of (u, i)), from the true hidden variables and the
+    + affinity * s(u, i)) + log sigmoid(click logit of (u, i)), s = <u, v_i> plus the content term
+    (`pipelines.datasets.synthetic.utility`), from the true hidden variables and the
     planted click crosses (a view picks one of K candidates drawn by popularity tilted by the user's
-    subcategory preference, with weight exp(affinity <u, v>); then a click follows with that probability).
+    subcategory preference, with weight exp(affinity s); then a click follows with that probability).
     Same users, same exclusions as the model.
     """
     import polars as pl
@@ -160,12 +161,9 @@ def synthetic_ceiling(data: Path, out: Path, dt: date, preset: str) -> dict[str,
     u, i = u["_w"].to_numpy(), i["_w"].to_numpy()
     day = (dt - spec.start).days + 1
     view = syn.view_log_weights(world, spec, u, day)[:, i]  # (Q, N) in item_idx order
-    aff = world.user_latent[u] @ world.item_latent[i].T  # (Q, N)
-    cross = (
-        world.cross_ap[world.user_age[u]][:, world.item_price_bucket[i]]
-        + world.cross_gc[world.user_gender[u]][:, world.item_l1[i]]
-    )  # (Q, N)
-    z = syn.CLICK_BIAS + syn.CLICK_AFF * aff + syn.CLICK_CROSS * cross
+    aff = syn.utility(world, spec, u)[:, i]  # (Q, N) u.v plus the content term
+    cross = syn.cross_term(world, u[:, None], i[None, :])  # (Q, N)
+    z = syn.click_logit(aff, cross)
     score = view - np.log1p(np.exp(-z))  # (Q, N)
     sub = exclude[user_rows]
     extra = int(np.diff(sub.indptr).max(initial=0))

@@ -169,6 +169,10 @@ def generate(
     days: Annotated[int | None, typer.Option(help="Override the preset's number of days.")] = None,
     start: Annotated[str | None, typer.Option(help="First day, YYYY-MM-DD.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    content_signal: Annotated[
+        float | None,
+        typer.Option(help="Strength of the preferences only titles and images reveal; 0 plants none."),
+    ] = None,
 ) -> None:
     """Generate a synthetic e-commerce data set in the input contract (docs/synthetic-data.md)."""
     from dataclasses import replace
@@ -179,7 +183,7 @@ def generate(
     if preset not in PRESETS:
         raise typer.BadParameter(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     spec = PRESETS[preset]
-    changes = {"users": users, "items": items, "days": days, "seed": seed}
+    changes = {"users": users, "items": items, "days": days, "seed": seed, "content_signal": content_signal}
     changes = {k: v for k, v in changes.items() if v is not None}
     if start is not None:
         changes["start"] = _date(start, "--start")

@@ -169,17 +169,23 @@ def test_view_log_weights_by_hand() -> None:
     assert w.shape == (2, 50)
     assert np.allclose(w[:, launched], np.log(p[launched])[None, :])
     assert np.all(np.isneginf(w[:, ~launched]))
-    # beta = 3 and a preference add log g_u[c_i] + 3 u.v_i
-    spec3 = SyntheticSpec(**{**spec.__dict__, "affinity": 3.0, "category_concentration": 1.0})
-    world3 = build_world(spec3)
-    w3 = view_log_weights(world3, spec3, np.array([1]), day)
-    i = int(np.flatnonzero(launched)[0])
-    by_hand = (
-        math.log(p[i])
-        + math.log(world3.user_category_tilt[1, world3.item_l2[i]])
-        + 3.0 * float(world3.user_latent[1] @ world3.item_latent[i])
+    # beta = 3 and a preference add log g_u[c_i] + 3 s(u, i), s = u.v_i + 0.5 * content hits, the hits
+    # centred on their catalogue shares: [pattern match] - 1/4 and [style match] - 1/6 for each favourite held
+    spec3 = SyntheticSpec(
+        **{**spec.__dict__, "affinity": 3.0, "category_concentration": 1.0, "content_signal": 0.5}
     )
-    assert w3[0, i] == pytest.approx(by_hand, rel=1e-5)
+    world3 = build_world(spec3)
+    u = 1  # favourite style "compact" (index 3), no favourite pattern: the hits are [style match] - 1/6
+    assert world3.user_pattern[u] == -1 and world3.user_style[u] == 3
+    w3 = view_log_weights(world3, spec3, np.array([u]), day)
+    for i in np.flatnonzero(launched)[:20]:
+        hits = float(world3.item_style[i] == 3) - 1 / 6
+        by_hand = (
+            math.log(p[i])
+            + math.log(world3.user_category_tilt[u, world3.item_l2[i]])
+            + 3.0 * (float(world3.user_latent[u] @ world3.item_latent[i]) + 0.5 * hits)
+        )
+        assert w3[0, i] == pytest.approx(by_hand, rel=1e-5)
 
 
 def _oracle_vs_popularity(spec: SyntheticSpec, k: int = 20) -> float:
