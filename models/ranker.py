@@ -27,6 +27,7 @@ from torch import nn
 from models.config import RankerConfig
 from models.crossnet import CrossNetMix, CrossNetV2
 from models.inputs import Batch, FieldLayout
+from models.layers import mlp
 
 _EMB_STD = 0.05  # init std of the field embeddings
 
@@ -206,17 +207,6 @@ class InputBlock(nn.Module):
         return torch.cat(parts, dim=1)  # (B, N)
 
 
-def _mlp(in_dim: int, hidden: list[int], dropout: float, batch_norm: bool) -> tuple[nn.Sequential, int]:
-    layers: list[nn.Module] = []
-    for h in hidden:
-        layers.append(nn.Linear(in_dim, h))
-        if batch_norm:
-            layers.append(nn.BatchNorm1d(h))
-        layers += [nn.ReLU(), nn.Dropout(dropout)]
-        in_dim = h
-    return nn.Sequential(*layers), in_dim
-
-
 class _Ranker(nn.Module):
     """Shared bits: the build arguments (for checkpoints) and the L2 of the embedding rows a batch reads."""
 
@@ -258,9 +248,9 @@ class DCNRanker(_Ranker):
             self.cross = CrossNetV2(N, cfg.cross_layers)
         self.structure = cfg.structure
         if cfg.structure == "stacked":
-            self.mlp, head_in = _mlp(N, cfg.mlp, cfg.dropout, cfg.batch_norm)
+            self.mlp, head_in = mlp(N, cfg.mlp, dropout=cfg.dropout, batch_norm=cfg.batch_norm)
         elif cfg.structure == "parallel":
-            self.mlp, deep_out = _mlp(N, cfg.mlp, cfg.dropout, cfg.batch_norm)
+            self.mlp, deep_out = mlp(N, cfg.mlp, dropout=cfg.dropout, batch_norm=cfg.batch_norm)
             head_in = N + deep_out
         else:
             self.mlp, head_in = None, N

@@ -46,6 +46,7 @@ from tqdm import tqdm
 
 from models import checkpoint
 from models.config import RetrieverConfig
+from models.early_stopping import EarlyStopping
 from models.inputs import Batch, FieldLayout
 from models.losses import info_nce
 from models.towers import TwoTower
@@ -238,7 +239,7 @@ def train_retriever(
         opts = [torch.optim.Adam(dense, lr=cfg.lr)]
         if tables:
             opts.append(torch.optim.SparseAdam([m.weight for m in tables], lr=cfg.lr))
-        best, bad = -np.inf, 0
+        stopper = EarlyStopping(cfg.patience)
         for epoch in range(cfg.epochs):
             model.train()
             loss_sum = torch.zeros((), device=device)
@@ -270,14 +271,13 @@ def train_retriever(
             result.history.append(score)
             result.train_loss.append(float(loss_sum) / n)
             log.info("retriever epoch %d: loss %.5f, valid %.5f", epoch, result.train_loss[-1], score)
-            if score > best:
-                best, bad, result.best_epoch = score, 0, epoch
-                result.state_dict = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            else:
-                bad += 1
-                if bad >= cfg.patience:
-                    log.info("retriever: early stop after epoch %d (no gain for %d epochs)", epoch, bad)
-                    break
+            stop = stopper.step(score, epoch, model)
+            result.state_dict, result.best_epoch = stopper.state_dict, stopper.best_epoch
+            if stop:
+                log.info(
+                    "retriever: early stop after epoch %d (no gain for %d epochs)", epoch, stopper.bad_epochs
+                )
+                break
     model.load_state_dict(result.state_dict)
     model.eval()
     result.samples_per_s = n_total / s_total if s_total > 0 else 0.0

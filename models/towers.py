@@ -39,19 +39,9 @@ from torch import nn
 
 from models.config import RetrieverConfig
 from models.inputs import Batch, FieldLayout
+from models.layers import mlp
 
 HIST_FIELD = "item_id"  # the item field whose buckets `hist` holds
-
-
-def _mlp(in_dim: int, hidden: list[int], out_dim: int) -> nn.Sequential:
-    """Linear-ReLU per hidden size, then a final Linear to `out_dim` (no activation)."""
-    layers: list[nn.Module] = []
-    d = in_dim
-    for h in hidden:
-        layers += [nn.Linear(d, h), nn.ReLU()]
-        d = h
-    layers.append(nn.Linear(d, out_dim))
-    return nn.Sequential(*layers)
 
 
 def _check_sparse(batch: Batch, layout: FieldLayout, tower: str) -> torch.Tensor:
@@ -111,7 +101,7 @@ class UserTower(nn.Module):
         # a plain attribute would register the shared module twice in state_dict; a tuple keeps it out
         self._item_fields = (item_fields,)
         in_dim = len(layout.names) * cfg.field_dim + cfg.field_dim + n_counts + n_numeric
-        self.mlp = _mlp(in_dim, list(cfg.hidden), cfg.dim)
+        self.mlp, _ = mlp(in_dim, list(cfg.hidden), out_dim=cfg.dim)
 
     def pool_history(self, hist: torch.Tensor) -> torch.Tensor:
         """hist: [B, L] int64 item_id buckets, 0 = padding -> [B, Fd] mean of the non-padding embeddings.
@@ -180,7 +170,7 @@ class ItemTower(nn.Module):
         self.text = ModalityProjection(text_dim, cfg.field_dim) if self.text_dim else None
         self.image = ModalityProjection(image_dim, cfg.field_dim) if self.image_dim else None
         in_dim += (cfg.field_dim + 1) * ((self.text is not None) + (self.image is not None))
-        self.mlp = _mlp(in_dim, list(cfg.hidden), cfg.dim)
+        self.mlp, _ = mlp(in_dim, list(cfg.hidden), out_dim=cfg.dim)
 
     def _modality(self, batch: Batch, key: str, width: int, proj: ModalityProjection) -> list[torch.Tensor]:
         x = _check_width(batch, key, width, "item")
