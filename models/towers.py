@@ -45,6 +45,7 @@ from models.config import RetrieverConfig
 from models.fusion import build_fusion
 from models.inputs import Batch, FieldLayout
 from models.layers import mlp
+from models.losses import LearnableTemperature
 
 HIST_FIELD = "item_id"  # the item field whose buckets `hist` holds
 
@@ -223,7 +224,7 @@ class TwoTower(nn.Module):
     """User and item towers of the retriever; the loss lives in models/losses.py.
 
     Args:
-        cfg: the retriever config (dim D, field_dim, hidden, use_text, use_image).
+        cfg: the retriever config (dim D, field_dim, hidden, use_text, use_image, fusion, learn_temperature).
         user_layout: hashed user fields of the user batch's `sparse`.
         item_layout: hashed item fields of the item batch's `sparse`; must contain an "item_id" field, whose
             buckets are also the ids in the user batch's `hist`.
@@ -275,6 +276,17 @@ class TwoTower(nn.Module):
         item_fields = FieldEmbedding(item_layout, cfg.field_dim)
         self.item_tower = ItemTower(cfg, item_layout, item_fields, n_item_numeric, text_dim, image_dim)
         self.user_tower = UserTower(cfg, user_layout, item_fields, n_counts, n_user_numeric)
+        # the loss's learnt tau (retriever.learn_temperature): not used to score, kept here so that the
+        # checkpoint and the warm start carry it with the weights it was learnt with
+        self.tau = (
+            LearnableTemperature(cfg.temperature, cfg.min_temperature, cfg.max_temperature)
+            if cfg.learn_temperature
+            else None
+        )
+
+    def temperature(self) -> float | torch.Tensor:
+        """The loss's tau: the learnt one ([] float32 tensor, with gradient) or `cfg.temperature` (float)."""
+        return self.tau() if self.tau is not None else self.cfg.temperature
 
     def user_embedding(self, batch: Batch) -> torch.Tensor:
         """User batch (sparse, hist, counts, numeric; see models/inputs.py) -> [B, D] float32, unit norm."""
