@@ -8,6 +8,7 @@ MiniLM load) and the colour/edge image descriptor.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
@@ -380,3 +381,22 @@ def test_rank_by_score_is_a_permutation_per_user(rows: list[tuple[str, float]]) 
     for ranks, n, s in per_user.select("ranks", "n", "s").iter_rows():
         assert ranks == list(range(1, n + 1))  # ranks 1..n, each once
         assert s == sorted(s, reverse=True)  # rank order follows the score
+
+
+@pytest.mark.slow  # shares the ~20 s module fixture; one more one-epoch training
+def test_the_stage_builds_the_configured_fusion(world: dict, tmp_path: Path) -> None:
+    out, d1, run = world["out"], world["days"][0], world["run"]
+    copy = tmp_path / "out"
+    for name in ("frames", "embeddings"):
+        shutil.copytree(io.partition_dir(out, name, d1), io.partition_dir(copy, name, d1))
+    summary = train_ranker_stage(
+        copy, d1, CFG.model_copy(update={"fusion": "cross_attention"}), 0, "cpu", run
+    )
+    assert 0.0 <= summary["valid_auc"] <= 1.0
+    model, meta = load_checkpoint(io.committed_path(copy, "ranker", d1, "model.pt"))
+    assert meta["config"]["fusion"] == "cross_attention"
+    assert (
+        type(model.inputs.fusion).__name__ == "CrossAttentionFusion" and model.inputs.fusion.n_modalities == 2
+    )
+    metrics = json.loads(io.committed_path(copy, "ranker", d1, "metrics.json").read_text())
+    assert {"text", "image"} <= set(metrics["importance"]["auc_drop"])
