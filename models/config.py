@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+FusionKind = Literal["concat", "late", "attention", "cross_attention"]  # models/fusion.py
 
 
 class _Frozen(BaseModel):
@@ -23,6 +25,16 @@ class RetrieverConfig(_Frozen):
     mixed_negatives: int = Field(0, ge=0)  # B': extra uniformly sampled items per batch
     use_text: bool = True
     use_image: bool = True
+    fusion: FusionKind = "concat"  # how the item tower fuses ids, text and image (models/fusion.py)
+    fusion_heads: int = Field(
+        2, ge=1
+    )  # attention heads of fusion attention / cross_attention; divides field_dim
+    symmetric: bool = False  # add the item -> user InfoNCE term (models/losses.py, info_nce)
+    learn_temperature: bool = (
+        False  # learn tau (init `temperature`, clamped to [min_temperature, max_temperature])
+    )
+    min_temperature: float = Field(0.01, gt=0.0)  # lower clamp of a learnt tau (CLIP: 0.01)
+    max_temperature: float = Field(1.0, gt=0.0)  # upper clamp of a learnt tau
     batch_size: int = Field(512, ge=1)
     lr: float = Field(1e-3, gt=0.0)
     epochs: int = Field(5, ge=1)
@@ -32,6 +44,17 @@ class RetrieverConfig(_Frozen):
     exclude_purchased: bool = True
     candidate_block_users: int = Field(16_384, ge=1)  # users per search block (memory; a multiple of 4096)
     eval_block_users: int = Field(8_192, ge=1)  # users per block of the evaluation's metrics (memory)
+
+    @model_validator(mode="after")
+    def _check(self) -> RetrieverConfig:
+        _check_fusion_heads("retriever", self.fusion, self.fusion_heads, self.field_dim)
+        if self.learn_temperature and not self.min_temperature <= self.temperature <= self.max_temperature:
+            raise ValueError(
+                f"retriever.learn_temperature: the initial temperature {self.temperature} is outside "
+                f"[min_temperature, max_temperature] = [{self.min_temperature}, {self.max_temperature}]; fix: "
+                f"set retriever.temperature inside that range or widen it"
+            )
+        return self
 
 
 class RankerConfig(_Frozen):
@@ -46,6 +69,10 @@ class RankerConfig(_Frozen):
     gate: Literal["softmax", "sigmoid", "constant"] = "softmax"
     activation: Literal["identity", "relu", "tanh", "hard_tanh"] = "tanh"  # g
     inner_matrix: bool = True  # C_i on/off
+    fusion: FusionKind = "concat"  # how the input block fuses ids, text and image (models/fusion.py)
+    fusion_heads: int = Field(
+        2, ge=1
+    )  # attention heads of fusion attention / cross_attention; divides field_dim
     mlp: list[int] = Field(default_factory=lambda: [256, 128])
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     batch_norm: bool = False
@@ -62,3 +89,16 @@ class RankerConfig(_Frozen):
     use_image: bool = True  # the items' image embedding as an input
     warm_start: bool = True
     prefetch_batches: int = Field(0, ge=0)  # training batches read ahead by a thread (0: none)
+
+    @model_validator(mode="after")
+    def _check(self) -> RankerConfig:
+        _check_fusion_heads("ranker", self.fusion, self.fusion_heads, self.field_dim)
+        return self
+
+
+def _check_fusion_heads(section: str, fusion: str, heads: int, field_dim: int) -> None:
+    if fusion in ("attention", "cross_attention") and field_dim % heads:
+        raise ValueError(
+            f"{section}.fusion={fusion}: {section}.fusion_heads={heads} does not divide {section}.field_dim="
+            f"{field_dim} (the token width); fix: set fusion_heads to a divisor of field_dim"
+        )

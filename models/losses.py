@@ -15,7 +15,9 @@ and a loss. Each adjustment is its own function so it can be tested by hand and 
   Learning Two-tower Neural Networks in Recommendations").
 * `info_nce`: softmax cross-entropy with the diagonal (row i's own item) as the target, composing the pieces.
 * `symmetric_info_nce`: the two-way loss of aligned pairs (a->b and b->a), and `LearnableTemperature`, a
-  clamped learnt tau (CLIP), used by the cross-modal item encoder and as options of the retriever loss.
+  clamped learnt tau (CLIP), used by the cross-modal item encoder; the retriever's options are
+  `info_nce(..., symmetric=True)` (the two-way loss with the adjustments above, where they apply) and a
+  learnt tau (`retriever.learn_temperature`, held by `models.towers.TwoTower`).
 """
 
 from __future__ import annotations
@@ -35,14 +37,17 @@ def _masked_value(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).min / 100.0
 
 
-def in_batch_logits(query_emb: torch.Tensor, item_emb: torch.Tensor, temperature: float) -> torch.Tensor:
+def in_batch_logits(
+    query_emb: torch.Tensor, item_emb: torch.Tensor, temperature: float | torch.Tensor
+) -> torch.Tensor:
     """All-pairs scores of a batch divided by the temperature.
 
     Args:
         query_emb: [B, D] float32, L2-normalised user (query) embeddings.
         item_emb: [B, D] float32, L2-normalised embeddings of each query's positive item (row i of
             `item_emb` is the positive of row i of `query_emb`).
-        temperature: tau > 0 of the softmax; smaller sharpens it.
+        temperature: tau > 0 of the softmax; smaller sharpens it. A float, or a [] float32 tensor (a learnt
+            tau, `LearnableTemperature`), through which the gradient then flows.
 
     Returns:
         [B, B] float32 logits, ``logits[i, j] = <query_emb[i], item_emb[j]> / tau``; the diagonal holds the
@@ -116,7 +121,7 @@ def remove_accidental_hits(
 def mixed_negative_logits(
     query_emb: torch.Tensor,
     extra_item_emb: torch.Tensor,
-    temperature: float,
+    temperature: float | torch.Tensor,
     extra_log_q: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Logits of every query against B' extra items sampled uniformly from the catalogue (Yang et al. 2020).
@@ -144,7 +149,7 @@ def mixed_negative_logits(
 def info_nce(
     query_emb: torch.Tensor,
     item_emb: torch.Tensor,
-    temperature: float,
+    temperature: float | torch.Tensor,
     *,
     item_log_q: torch.Tensor | None = None,
     item_ids: torch.Tensor | None = None,
@@ -154,12 +159,27 @@ def info_nce(
     use_logq: bool = True,
     use_remove_hits: bool = True,
     sample_weight: torch.Tensor | None = None,
+    symmetric: bool = False,
 ) -> torch.Tensor:
     """Sampled-softmax (InfoNCE) loss of a batch of (query, positive item) pairs.
 
     ``loss = mean_i w_i * (-log softmax_j(logits[i, :])[i])`` where the logits are the in-batch scores,
     optionally with the mixed negatives appended, the logQ correction subtracted and the accidental hits
     masked, in that order.
+
+    With `symmetric`, each pair's loss is the mean of that user -> item term and an item -> user term,
+    ``-log softmax_i(s[:, j])[j]``: item j's softmax over the B users of the batch (CLIP's two-way loss,
+    `symmetric_info_nce`, with the adjustments below). In that direction:
+
+    * logQ: the candidates are users, not items. Item j's ``log q_j`` is one constant over the whole
+      column j, so it cancels in item j's softmax; that term uses the in-batch scores without it. The
+      correction that would matter there is the users' own sampling bias (an active user is in many batches,
+      so is over-penalised as a negative of other users' items); it is not applied (no user log q is known
+      to the loss).
+    * accidental hits: the mask is symmetric (rows i and j hold the same item), so a user whose positive is
+      item j too is not a negative of item j; the same masked scores are used, transposed. Two rows of the
+      same user with different items are not detected (the loss sees no user ids), in either direction.
+    * mixed negatives are items: they are extra columns of the user -> item term only.
 
     Args:
         query_emb: [B, D] float32, L2-normalised.
@@ -175,11 +195,13 @@ def info_nce(
         use_logq: subtract the log sampling probabilities (`logq_correction`).
         use_remove_hits: mask duplicates of a row's positive (`remove_accidental_hits`).
         sample_weight: [B] float32 per-example weight or None (all ones).
+        symmetric: add the item -> user term (see above).
 
     Returns:
         [] float32 scalar loss (weighted mean over the batch).
     """
-    logits = in_batch_logits(query_emb, item_emb, temperature)  # (B, B)
+    scores = in_batch_logits(query_emb, item_emb, temperature)  # (B, B)
+    logits = scores
     b = logits.shape[0]
     if use_logq and item_log_q is None:
         raise ValueError(
@@ -207,6 +229,9 @@ def info_nce(
         logits = remove_accidental_hits(logits, item_ids, candidate_ids)
     target = torch.arange(b, device=logits.device)
     per_row = F.cross_entropy(logits, target, reduction="none")  # (B,)
+    if symmetric:
+        back = remove_accidental_hits(scores, item_ids) if use_remove_hits else scores  # (B, B), no log q
+        per_row = 0.5 * (per_row + F.cross_entropy(back.T, target, reduction="none"))  # (B,)
     if sample_weight is None:
         return per_row.mean()
     return (per_row * sample_weight).sum() / sample_weight.sum().clamp_min(torch.finfo(per_row.dtype).tiny)

@@ -3,22 +3,26 @@
 Every model built by `build_ranker` has the same contract, `forward(batch) -> logits [B] float32`, and the
 same `embedding_l2(batch)` used by the training loop, so training and evaluation share one code path.
 
-Input block (DCN models), all concatenated into x0: [B, N]:
+Input block (DCN models): the ids/attributes block and the modality tokens, fused into x0: [B, N]:
 
     fields   [B, F*D]  one embedding table for all hashed fields, field f at rows offsets[f] + sparse[:, f]
     history  [B, D]    mean of the `hist_field` rows of `hist` (bucket 0 = padding, masked out)
     counts   [B, C]    log1p event counts, as given
     numeric  [B, M]    standardised numeric attributes, as given
+    ------------------ the ids block [B, Di] = the four above, concatenated
     text     [B, D]    has_text * sigmoid(a_t . p_t + c_t) * p_t,  p_t = P_t text   (Dt -> D projection)
     image    [B, D]    has_image * sigmoid(a_i . p_i + c_i) * p_i, p_i = P_i image  (Di -> D projection)
 
 The per-modality gate is a sigmoid, so it stays in (0, 1) whatever the input, and the mask multiplies the
-gated vector: a missing modality adds exactly zero to x0 (and no gradient to its projection).
+gated vector. `cfg.fusion` (models/fusion.py) says how the ids block and the two tokens meet: "concat" (the
+default) concatenates them, x0 = [ids, text, image], so a missing modality adds exactly zero to x0 (and no
+gradient to its projection); "attention" and "cross_attention" append a pooled attention summary to the ids
+block; "late" feeds the ids block alone to the cross network and adds a per-modality score to the logit.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +30,9 @@ from torch import nn
 
 from models.config import RankerConfig
 from models.crossnet import CrossNetMix, CrossNetV2
+from models.fusion import build_fusion
 from models.inputs import Batch, FieldLayout
+from models.layers import mlp
 
 _EMB_STD = 0.05  # init std of the field embeddings
 
@@ -117,8 +123,17 @@ class ModalityGate(nn.Module):
         return mask.unsqueeze(1).to(p.dtype) * g * p  # (B, D)
 
 
+class Fused(NamedTuple):
+    """What the input block hands to the model: x0 and, for `Fusion.combine`, the tokens and their flags."""
+
+    x: torch.Tensor  # [B, N] float32, input of the cross network
+    tokens: torch.Tensor  # [B, M, D] float32 modality tokens (text, image), M in {0, 1, 2}
+    present: torch.Tensor  # [B, M] float32 0/1 flags
+
+
 class InputBlock(nn.Module):
-    """Early-fusion input block: x0 [B, N] from the hashed fields, history, dense features and modalities."""
+    """Input block: x0 [B, N] from the hashed fields, history, dense features and modalities, fused by
+    `fusion` (models/fusion.py; "concat" is early fusion by concatenation)."""
 
     def __init__(
         self,
@@ -129,6 +144,8 @@ class InputBlock(nn.Module):
         n_numeric: int,
         text_dim: int,
         image_dim: int,
+        fusion: str = "concat",
+        fusion_heads: int = 2,
     ) -> None:
         super().__init__()
         if hist_field is not None and hist_field not in layout.names:
@@ -147,14 +164,19 @@ class InputBlock(nn.Module):
         self.text = ModalityGate(text_dim, field_dim) if text_dim > 0 else None
         self.image = ModalityGate(image_dim, field_dim) if image_dim > 0 else None
         self.text_dim, self.image_dim = text_dim, image_dim
-        self.out_dim = (
-            self.n_fields * field_dim
-            + (field_dim if hist_field is not None else 0)
-            + n_counts
-            + n_numeric
-            + (field_dim if self.text is not None else 0)
-            + (field_dim if self.image is not None else 0)
+        ids_dim = (
+            self.n_fields * field_dim + (field_dim if hist_field is not None else 0) + n_counts + n_numeric
         )
+        self.fusion = build_fusion(
+            fusion,
+            ids_dim=ids_dim,
+            n_modalities=(self.text is not None) + (self.image is not None),
+            width=field_dim,
+            heads=fusion_heads,
+            score_dim=1,
+            weighting="sum",
+        )
+        self.out_dim = self.fusion.out_dim
 
     def hist_rows(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """batch["hist"]: [B, L] int64. Returns ([B, L] int64 table rows, [B, L] bool mask of non-padding)."""
@@ -179,6 +201,10 @@ class InputBlock(nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """batch: a `Batch` (see models.inputs). Returns x0, [B, N] float32."""
+        return self.encode(batch).x
+
+    def encode(self, batch: Batch) -> Fused:
+        """batch: a `Batch`. Returns x0 [B, N] float32 with the modality tokens [B, M, D] and flags [B, M]."""
         rows = self.rows(batch)  # (B, F)
         B = rows.shape[0]
         if self.hist_offset is None:
@@ -195,26 +221,19 @@ class InputBlock(nn.Module):
             parts.append(_require(batch, "counts", self.n_counts, "ranker").float())  # (B, C)
         if self.n_numeric:
             parts.append(_require(batch, "numeric", self.n_numeric, "ranker").float())  # (B, M)
-        if self.text is not None:
-            text = _require(batch, "text", self.text_dim, "ranker").float()
-            parts.append(self.text(text, batch.get("has_text", torch.ones(B, device=text.device))))  # (B, D)
-        if self.image is not None:
-            image = _require(batch, "image", self.image_dim, "ranker").float()
-            parts.append(
-                self.image(image, batch.get("has_image", torch.ones(B, device=image.device)))
-            )  # (B, D)
-        return torch.cat(parts, dim=1)  # (B, N)
-
-
-def _mlp(in_dim: int, hidden: list[int], dropout: float, batch_norm: bool) -> tuple[nn.Sequential, int]:
-    layers: list[nn.Module] = []
-    for h in hidden:
-        layers.append(nn.Linear(in_dim, h))
-        if batch_norm:
-            layers.append(nn.BatchNorm1d(h))
-        layers += [nn.ReLU(), nn.Dropout(dropout)]
-        in_dim = h
-    return nn.Sequential(*layers), in_dim
+        ids = torch.cat(parts, dim=1)  # (B, Di)
+        tokens, present = [], []
+        for key, width, gate in (("text", self.text_dim, self.text), ("image", self.image_dim, self.image)):
+            if gate is not None:
+                x = _require(batch, key, width, "ranker").float()  # (B, Dm)
+                has = batch.get(f"has_{key}", torch.ones(B, device=x.device)).to(x.dtype)  # (B,)
+                tokens.append(gate(x, has))  # (B, D)
+                present.append(has)
+        if tokens:
+            token_t, present_t = torch.stack(tokens, 1), torch.stack(present, 1)  # (B, M, D), (B, M)
+        else:
+            token_t, present_t = ids.new_zeros(B, 0, self.field_dim), ids.new_zeros(B, 0)
+        return Fused(self.fusion(ids, token_t, present_t), token_t, present_t)
 
 
 class _Ranker(nn.Module):
@@ -258,9 +277,9 @@ class DCNRanker(_Ranker):
             self.cross = CrossNetV2(N, cfg.cross_layers)
         self.structure = cfg.structure
         if cfg.structure == "stacked":
-            self.mlp, head_in = _mlp(N, cfg.mlp, cfg.dropout, cfg.batch_norm)
+            self.mlp, head_in = mlp(N, cfg.mlp, dropout=cfg.dropout, batch_norm=cfg.batch_norm)
         elif cfg.structure == "parallel":
-            self.mlp, deep_out = _mlp(N, cfg.mlp, cfg.dropout, cfg.batch_norm)
+            self.mlp, deep_out = mlp(N, cfg.mlp, dropout=cfg.dropout, batch_norm=cfg.batch_norm)
             head_in = N + deep_out
         else:
             self.mlp, head_in = None, N
@@ -274,7 +293,8 @@ class DCNRanker(_Ranker):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """batch: a `Batch`. Returns logits, [B] float32."""
-        x0 = self.inputs(batch)  # (B, N)
+        fused = self.inputs.encode(batch)
+        x0 = fused.x  # (B, N)
         crossed = self.cross(x0)  # (B, N)
         if self.structure == "stacked":
             h = self.mlp(crossed)  # (B, H)
@@ -282,7 +302,8 @@ class DCNRanker(_Ranker):
             h = torch.cat([crossed, self.mlp(x0)], dim=1)  # (B, N + H)
         else:
             h = crossed  # (B, N)
-        return self.head(h).squeeze(-1).float()  # (B,)
+        logit = self.inputs.fusion.combine(self.head(h), fused.tokens, fused.present)  # (B, 1)
+        return logit.squeeze(-1).float()  # (B,)
 
 
 class LogisticRegression(_Ranker):
@@ -385,7 +406,10 @@ def build_ranker(
         elif cfg.model == "fm":
             model = FactorizationMachine(layout, cfg.field_dim, n_counts, n_numeric)
         else:
-            inputs = InputBlock(layout, cfg.field_dim, hist_field, n_counts, n_numeric, text_dim, image_dim)
+            inputs = InputBlock(
+                layout, cfg.field_dim, hist_field, n_counts, n_numeric, text_dim, image_dim,
+                fusion=cfg.fusion, fusion_heads=cfg.fusion_heads,
+            )  # fmt: skip
             model = DCNRanker(cfg, inputs)
     model.build_args = {
         "config": cfg.model_dump(mode="json"),

@@ -11,7 +11,12 @@
   models/losses.py asks for (Yi et al. 2019, eq. 3);
 * accidental hits (cfg.remove_accidental_hits): a column holding row i's own item is masked for row i;
 * mixed negatives (cfg.mixed_negatives = B' > 0): B' catalogue rows drawn uniformly each batch are appended
-  as extra columns, with ``log q = log(B' / N)`` (Yang et al. 2020).
+  as extra columns, with ``log q = log(B' / N)`` (Yang et al. 2020);
+* symmetric (cfg.symmetric): each pair's loss also has the item -> user term, item j's softmax over the
+  batch's users (`info_nce`'s docstring says which adjustments apply in that direction);
+* temperature: cfg.temperature, or with cfg.learn_temperature a tau learnt with the weights
+  (`LearnableTemperature`, initialised at cfg.temperature, clamped to [min_temperature, max_temperature]),
+  held by the model (`TwoTower.tau`, so the checkpoint carries it) and reported after every epoch.
 
 Optimiser: Adam for the dense weights and SparseAdam (lazy Adam: moments and updates only for the rows a
 batch reads) for the embedding tables, whose gradients are made sparse for the duration of the call. The
@@ -46,6 +51,7 @@ from tqdm import tqdm
 
 from models import checkpoint
 from models.config import RetrieverConfig
+from models.early_stopping import EarlyStopping
 from models.inputs import Batch, FieldLayout
 from models.losses import info_nce
 from models.towers import TwoTower
@@ -76,6 +82,7 @@ class RetrieverTrainResult:
     best_epoch:    0-based epoch of the best validation score
     samples_per_s: training rows per second (forward + backward + step; validation excluded)
     seconds:       wall time of the whole call, validation included
+    temperature:   the learnt tau after each epoch (cfg.learn_temperature; empty otherwise)
     """
 
     state_dict: dict[str, torch.Tensor]
@@ -84,14 +91,16 @@ class RetrieverTrainResult:
     best_epoch: int = -1
     samples_per_s: float = 0.0
     seconds: float = 0.0
+    temperature: list[float] = field(default_factory=list)
 
     @property
     def best_score(self) -> float:
         return self.history[self.best_epoch] if self.best_epoch >= 0 else float("nan")
 
     def figures(self) -> dict[str, Any]:
-        """Plain-JSON summary for manifests and metrics files."""
-        return {
+        """Plain-JSON summary for manifests and metrics files (with a learnt tau: its value at the best
+        epoch, the one saved with the model, and after each epoch)."""
+        out = {
             "epochs_run": len(self.history),
             "best_epoch": self.best_epoch,
             "best_valid": self.best_score,
@@ -100,6 +109,10 @@ class RetrieverTrainResult:
             "samples_per_s": round(self.samples_per_s, 1),
             "seconds": round(self.seconds, 2),
         }
+        if self.temperature:
+            out["learnt_temperature"] = round(self.temperature[self.best_epoch], 6)
+            out["temperature_history"] = [round(t, 6) for t in self.temperature]
+        return out
 
 
 def gather_rows(batch: Batch, rows: torch.Tensor) -> Batch:
@@ -143,7 +156,8 @@ def batch_loss(
         model: the two towers.
         user_batch: user features of B rows (sparse, hist, counts, numeric).
         item_batch: item features of each row's positive, plus item_idx [B] int64 (catalogue rows).
-        cfg: temperature, logq_correction, remove_accidental_hits.
+        cfg: logq_correction, remove_accidental_hits, symmetric (the temperature is `model.temperature()`:
+            cfg.temperature, or the learnt tau with cfg.learn_temperature).
         item_log_q: [N] float32 ``log p_j`` (share of training positives) per catalogue row, on the model's
             device; needed when cfg.logq_correction. The in-batch log q is ``log p_j + log B``.
         extra_rows: [B'] int64 catalogue rows of uniformly drawn mixed negatives, or None.
@@ -176,7 +190,7 @@ def batch_loss(
     return info_nce(
         u,
         v,
-        cfg.temperature,
+        model.temperature(),
         item_log_q=log_q,
         item_ids=rows,
         extra_item_emb=extra_emb,
@@ -184,6 +198,7 @@ def batch_loss(
         extra_item_ids=extra_rows,
         use_logq=use_logq,
         use_remove_hits=cfg.remove_accidental_hits,
+        symmetric=cfg.symmetric,
     )
 
 
@@ -238,7 +253,7 @@ def train_retriever(
         opts = [torch.optim.Adam(dense, lr=cfg.lr)]
         if tables:
             opts.append(torch.optim.SparseAdam([m.weight for m in tables], lr=cfg.lr))
-        best, bad = -np.inf, 0
+        stopper = EarlyStopping(cfg.patience)
         for epoch in range(cfg.epochs):
             model.train()
             loss_sum = torch.zeros((), device=device)
@@ -270,14 +285,16 @@ def train_retriever(
             result.history.append(score)
             result.train_loss.append(float(loss_sum) / n)
             log.info("retriever epoch %d: loss %.5f, valid %.5f", epoch, result.train_loss[-1], score)
-            if score > best:
-                best, bad, result.best_epoch = score, 0, epoch
-                result.state_dict = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            else:
-                bad += 1
-                if bad >= cfg.patience:
-                    log.info("retriever: early stop after epoch %d (no gain for %d epochs)", epoch, bad)
-                    break
+            if model.tau is not None:
+                result.temperature.append(float(model.tau().detach()))
+                log.info("retriever epoch %d: learnt temperature %.5f", epoch, result.temperature[-1])
+            stop = stopper.step(score, epoch, model)
+            result.state_dict, result.best_epoch = stopper.state_dict, stopper.best_epoch
+            if stop:
+                log.info(
+                    "retriever: early stop after epoch %d (no gain for %d epochs)", epoch, stopper.bad_epochs
+                )
+                break
     model.load_state_dict(result.state_dict)
     model.eval()
     result.samples_per_s = n_total / s_total if s_total > 0 else 0.0

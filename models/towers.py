@@ -19,6 +19,10 @@ Item tower::
     has_text, has_image as two 0/1 inputs
     concat -> MLP(hidden) -> Linear -> [B, D] -> L2-normalise
 
+That is the default fusion, `cfg.fusion = "concat"`; models/fusion.py holds the others ("late": per-modality
+item embeddings mixed by learned softmax weights over the present modalities; "attention",
+"cross_attention": a pooled attention summary of [ids, text, image] appended to the ids block).
+
 Missing modalities: the projection of a missing text/image is multiplied by its 0 mask, so whatever sits in
 the slot (zeros or garbage) contributes nothing, and the 0/1 presence flag is an input of the MLP, which can
 learn an offset for "no image". Each modality's input is L2-normalised before its projection and scaled by a
@@ -38,20 +42,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.config import RetrieverConfig
+from models.fusion import build_fusion
 from models.inputs import Batch, FieldLayout
+from models.layers import mlp
+from models.losses import LearnableTemperature
 
 HIST_FIELD = "item_id"  # the item field whose buckets `hist` holds
-
-
-def _mlp(in_dim: int, hidden: list[int], out_dim: int) -> nn.Sequential:
-    """Linear-ReLU per hidden size, then a final Linear to `out_dim` (no activation)."""
-    layers: list[nn.Module] = []
-    d = in_dim
-    for h in hidden:
-        layers += [nn.Linear(d, h), nn.ReLU()]
-        d = h
-    layers.append(nn.Linear(d, out_dim))
-    return nn.Sequential(*layers)
 
 
 def _check_sparse(batch: Batch, layout: FieldLayout, tower: str) -> torch.Tensor:
@@ -111,7 +107,7 @@ class UserTower(nn.Module):
         # a plain attribute would register the shared module twice in state_dict; a tuple keeps it out
         self._item_fields = (item_fields,)
         in_dim = len(layout.names) * cfg.field_dim + cfg.field_dim + n_counts + n_numeric
-        self.mlp = _mlp(in_dim, list(cfg.hidden), cfg.dim)
+        self.mlp, _ = mlp(in_dim, list(cfg.hidden), out_dim=cfg.dim)
 
     def pool_history(self, hist: torch.Tensor) -> torch.Tensor:
         """hist: [B, L] int64 item_id buckets, 0 = padding -> [B, Fd] mean of the non-padding embeddings.
@@ -176,18 +172,29 @@ class ItemTower(nn.Module):
         self.n_numeric = n_numeric
         self.text_dim = text_dim if cfg.use_text else 0
         self.image_dim = image_dim if cfg.use_image else 0
-        in_dim = len(layout.names) * cfg.field_dim + n_numeric
+        self.field_dim = cfg.field_dim
         self.text = ModalityProjection(text_dim, cfg.field_dim) if self.text_dim else None
         self.image = ModalityProjection(image_dim, cfg.field_dim) if self.image_dim else None
-        in_dim += (cfg.field_dim + 1) * ((self.text is not None) + (self.image is not None))
-        self.mlp = _mlp(in_dim, list(cfg.hidden), cfg.dim)
+        self.fusion = build_fusion(
+            cfg.fusion,
+            ids_dim=len(layout.names) * cfg.field_dim + n_numeric,
+            n_modalities=(self.text is not None) + (self.image is not None),
+            width=cfg.field_dim,
+            heads=cfg.fusion_heads,
+            score_dim=cfg.dim,
+            weighting="softmax",
+            presence_flags=True,
+        )
+        self.mlp, _ = mlp(self.fusion.out_dim, list(cfg.hidden), out_dim=cfg.dim)
 
-    def _modality(self, batch: Batch, key: str, width: int, proj: ModalityProjection) -> list[torch.Tensor]:
+    def _modality(
+        self, batch: Batch, key: str, width: int, proj: ModalityProjection
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         x = _check_width(batch, key, width, "item")
         has = batch[f"has_{key}"].to(x.dtype)
         if has.shape != (x.shape[0],):
             raise ValueError(f"item tower: batch['has_{key}'] must be [B], got {tuple(has.shape)}")
-        return [proj(x, has), has[:, None]]  # (B, Fd), (B, 1)
+        return proj(x, has), has  # (B, Fd), (B,)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """batch: sparse [B, Fi] int64, numeric [B, Mi] float32, text [B, Dt] float32, has_text [B] float32,
@@ -195,19 +202,29 @@ class ItemTower(nn.Module):
         parts = [self.fields(_check_sparse(batch, self.layout, "item"))]  # (B, Fi*Fd)
         if self.n_numeric:
             parts.append(_check_width(batch, "numeric", self.n_numeric, "item"))  # (B, Mi)
-        if self.text is not None:
-            parts += self._modality(batch, "text", self.text_dim, self.text)
-        if self.image is not None:
-            parts += self._modality(batch, "image", self.image_dim, self.image)
-        x = torch.cat(parts, dim=1)  # (B, in_dim)
-        return F.normalize(self.mlp(x), dim=1)  # (B, D)
+        ids = torch.cat(parts, dim=1)  # (B, Fi*Fd + Mi)
+        mods = [
+            self._modality(batch, key, width, proj)
+            for key, width, proj in (
+                ("text", self.text_dim, self.text),
+                ("image", self.image_dim, self.image),
+            )
+            if proj is not None
+        ]
+        if mods:
+            tokens = torch.stack([t for t, _ in mods], 1)  # (B, M, Fd)
+            present = torch.stack([h for _, h in mods], 1)  # (B, M)
+        else:
+            tokens, present = ids.new_zeros(ids.shape[0], 0, self.field_dim), ids.new_zeros(ids.shape[0], 0)
+        x = self.fusion(ids, tokens, present)  # (B, in_dim)
+        return F.normalize(self.fusion.combine(self.mlp(x), tokens, present), dim=1)  # (B, D)
 
 
 class TwoTower(nn.Module):
     """User and item towers of the retriever; the loss lives in models/losses.py.
 
     Args:
-        cfg: the retriever config (dim D, field_dim, hidden, use_text, use_image).
+        cfg: the retriever config (dim D, field_dim, hidden, use_text, use_image, fusion, learn_temperature).
         user_layout: hashed user fields of the user batch's `sparse`.
         item_layout: hashed item fields of the item batch's `sparse`; must contain an "item_id" field, whose
             buckets are also the ids in the user batch's `hist`.
@@ -259,6 +276,17 @@ class TwoTower(nn.Module):
         item_fields = FieldEmbedding(item_layout, cfg.field_dim)
         self.item_tower = ItemTower(cfg, item_layout, item_fields, n_item_numeric, text_dim, image_dim)
         self.user_tower = UserTower(cfg, user_layout, item_fields, n_counts, n_user_numeric)
+        # the loss's learnt tau (retriever.learn_temperature): not used to score, kept here so that the
+        # checkpoint and the warm start carry it with the weights it was learnt with
+        self.tau = (
+            LearnableTemperature(cfg.temperature, cfg.min_temperature, cfg.max_temperature)
+            if cfg.learn_temperature
+            else None
+        )
+
+    def temperature(self) -> float | torch.Tensor:
+        """The loss's tau: the learnt one ([] float32 tensor, with gradient) or `cfg.temperature` (float)."""
+        return self.tau() if self.tau is not None else self.cfg.temperature
 
     def user_embedding(self, batch: Batch) -> torch.Tensor:
         """User batch (sparse, hist, counts, numeric; see models/inputs.py) -> [B, D] float32, unit norm."""

@@ -51,6 +51,7 @@ from tqdm import tqdm
 
 from models import checkpoint
 from models.config import RankerConfig
+from models.early_stopping import EarlyStopping
 from models.inputs import Batch, FieldLayout
 from models.metrics import auc
 from models.ranker import build_ranker
@@ -454,7 +455,7 @@ def train_ranker(
                 )
             opts = make_optimizers(inner, cfg.lr, device, tables)
             scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
-            best, bad = -np.inf, 0
+            stopper = EarlyStopping(cfg.patience)
             for epoch in range(cfg.epochs):
                 mean_loss, n, seconds = _train_epoch(
                     wrapped, inner, train_batches(), opts, scaler, cfg, device, use_amp, info,
@@ -467,14 +468,13 @@ def train_ranker(
                 result.history.append(val_auc)
                 result.train_loss.append(mean_loss)
                 log.info("epoch %d: train BCE %.5f, valid AUC %.5f", epoch, mean_loss, val_auc)
-                if val_auc > best:
-                    best, bad, result.best_epoch = val_auc, 0, epoch
-                    result.state_dict = {k: v.detach().cpu().clone() for k, v in inner.state_dict().items()}
-                else:
-                    bad += 1
-                    if bad >= cfg.patience:
-                        log.info("early stop after epoch %d: no AUC gain for %d epochs", epoch, bad)
-                        break
+                stop = stopper.step(val_auc, epoch, inner)
+                result.state_dict, result.best_epoch = stopper.state_dict, stopper.best_epoch
+                if stop:
+                    log.info(
+                        "early stop after epoch %d: no AUC gain for %d epochs", epoch, stopper.bad_epochs
+                    )
+                    break
         if result.state_dict:
             inner.load_state_dict(result.state_dict)
         n_all, s_all = _gather((np.array([total_n]), np.array([total_s])), info)

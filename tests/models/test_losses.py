@@ -251,3 +251,67 @@ def test_learnable_temperature_gets_a_gradient_through_the_loss():
     a = torch.nn.functional.normalize(torch.randn(4, 3), dim=1)
     symmetric_info_nce(a, a, t()).backward()
     assert t.log_scale.grad is not None and float(t.log_scale.grad) != 0.0
+
+
+def test_symmetric_info_nce_plain_equals_the_two_way_loss():
+    g = torch.Generator().manual_seed(2)
+    q = F.normalize(torch.randn(5, 3, generator=g), dim=1)
+    v = F.normalize(torch.randn(5, 3, generator=g), dim=1)
+    two_way = info_nce(q, v, 0.2, use_logq=False, use_remove_hits=False, symmetric=True)
+    torch.testing.assert_close(two_way, symmetric_info_nce(q, v, 0.2))
+    assert not torch.allclose(two_way, info_nce(q, v, 0.2, use_logq=False, use_remove_hits=False))
+
+
+def test_symmetric_info_nce_2x2_with_logq_by_hand() -> None:
+    eye = torch.eye(2)
+    log_q = torch.tensor([0.0, math.log(2.0)])
+    # user -> item (as in test_info_nce_logq_2x2): rows log(1 + 1/(2e)) and log(1 + 2/e)
+    # item -> user: the columns of [[1, 0], [0, 1]] without log q (a constant per column, it cancels):
+    # log(1 + 1/e) each. Per pair the mean of both; the loss the mean over pairs.
+    forward = (math.log(1 + 1 / (2 * E)) + math.log(1 + 2 / E)) / 2
+    expected = 0.5 * (forward + math.log(1 + 1 / E))
+    loss = info_nce(eye, eye, 1.0, item_log_q=log_q, use_remove_hits=False, symmetric=True)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_symmetric_item_to_user_term_ignores_log_q_and_masks_the_same_hits() -> None:
+    g = torch.Generator().manual_seed(3)
+    q = F.normalize(torch.randn(4, 3, generator=g), dim=1)
+    v = F.normalize(torch.randn(4, 3, generator=g), dim=1)
+    ids = torch.tensor([7, 1, 7, 2])  # rows 0 and 2 hold the same item
+    a, b = torch.log(torch.tensor([0.1, 0.2, 0.1, 0.4])), torch.log(torch.tensor([0.3, 0.01, 0.3, 0.05]))
+
+    def both(log_q: torch.Tensor, symmetric: bool) -> torch.Tensor:
+        return info_nce(q, v, 0.5, item_log_q=log_q, item_ids=ids, symmetric=symmetric)
+
+    # only the user -> item half depends on log q
+    torch.testing.assert_close(both(a, True) - both(b, True), 0.5 * (both(a, False) - both(b, False)))
+    # the item -> user half by hand: item j's softmax over users, users 0 and 2 masked for each other
+    s = q @ v.T / 0.5
+    back = torch.stack(
+        [torch.logsumexp(s[[i for i in range(4) if not (ids[i] == ids[j] and i != j)], j], 0) - s[j, j]
+         for j in range(4)]
+    )  # fmt: skip
+    torch.testing.assert_close(2 * both(a, True) - both(a, False), back.mean())
+
+
+def test_symmetric_info_nce_accepts_a_learnt_temperature_and_stays_shuffle_invariant() -> None:
+    g = torch.Generator().manual_seed(4)
+    q = F.normalize(torch.randn(6, 3, generator=g, dtype=torch.float64), dim=1)
+    v = F.normalize(torch.randn(6, 3, generator=g, dtype=torch.float64), dim=1)
+    log_q = -torch.rand(6, generator=g, dtype=torch.float64)
+    ids = torch.tensor([0, 1, 0, 2, 3, 1])
+    extra = F.normalize(torch.randn(2, 3, generator=g, dtype=torch.float64), dim=1)
+    tau = LearnableTemperature(init=0.1)
+
+    def loss(p: torch.Tensor) -> torch.Tensor:
+        return info_nce(
+            q[p], v[p], tau().double(), item_log_q=log_q[p], item_ids=ids[p], extra_item_emb=extra,
+            extra_log_q=torch.full((2,), -3.0, dtype=torch.float64), extra_item_ids=torch.tensor([1, 5]),
+            symmetric=True,
+        )  # fmt: skip
+
+    base = loss(torch.arange(6))
+    torch.testing.assert_close(loss(torch.tensor([3, 1, 5, 0, 2, 4])), base)
+    base.backward()
+    assert tau.log_scale.grad is not None and float(tau.log_scale.grad) != 0.0

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from models.config import RetrieverConfig
 from models.inputs import FieldLayout
+from models.losses import info_nce
 from models.retriever_train import (
     batch_loss,
     build_args,
@@ -264,3 +265,47 @@ def test_warm_start_copies_matching_tensors_only(tmp_path):
     assert "item_tower.fields.table.weight" not in copied
     assert "user_tower.fields.table.weight" in copied
     assert torch.equal(bigger.item_tower.fields.table.weight, fresh)
+
+
+def test_symmetric_loss_and_learnt_temperature_train_and_are_saved(tmp_path):
+    cfg = _cfg(symmetric=True, learn_temperature=True, temperature=0.1, min_temperature=0.02, epochs=4)
+    model, res = _train(cfg)
+    assert res.best_score >= 0.9  # the two-way loss still separates the planted segments
+    figures = res.figures()
+    assert len(figures["temperature_history"]) == len(res.history)
+    learnt = figures["learnt_temperature"]
+    assert 0.02 <= learnt <= 1.0 and learnt != pytest.approx(0.1, abs=1e-4)  # it moved, inside the clamp
+    assert float(model.temperature().detach()) == pytest.approx(
+        learnt, abs=1e-6
+    )  # best epoch's tau is loaded back
+    loaded, meta = load_retriever(save_retriever(tmp_path / "model.pt", model))
+    assert "tau.log_scale" in loaded.state_dict() and meta["config"]["learn_temperature"] is True
+    assert float(loaded.temperature().detach()) == pytest.approx(learnt, abs=1e-6)
+
+
+def test_learnt_temperature_gets_a_gradient_and_defaults_add_nothing():
+    cfg = _cfg(learn_temperature=True)
+    model = _model(cfg)
+    users, items = _one_batch(6, seed=1)
+    batch_loss(model, users, items, cfg, _log_p()).backward()
+    assert model.tau.log_scale.grad is not None and float(model.tau.log_scale.grad) != 0.0
+    # defaults: a plain float tau, no extra tensor in the state dict, no temperature in the figures
+    plain = _model(_cfg())
+    assert plain.tau is None and plain.temperature() == 0.1
+    assert not any(k.startswith("tau") for k in plain.state_dict())
+    _, res = _train(_cfg(epochs=1), model=plain)
+    assert "learnt_temperature" not in res.figures()
+    with pytest.raises(ValueError, match="retriever.temperature"):
+        _cfg(learn_temperature=True, temperature=5.0)
+
+
+def test_symmetric_option_changes_the_batch_loss_by_the_item_to_user_term():
+    users, items = _one_batch(6, seed=2)
+    one_way, two_way = _cfg(), _cfg(symmetric=True)
+    model = _model(one_way)
+    a = batch_loss(model, users, items, one_way, _log_p())
+    b = batch_loss(model, users, items, two_way, _log_p())
+    u, v = model(users, items)
+    rows = items["item_idx"]
+    back = info_nce(v, u, 0.1, use_logq=False, item_ids=rows)  # item -> user: items as queries, hits masked
+    torch.testing.assert_close(b, 0.5 * (a + back))

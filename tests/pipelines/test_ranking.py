@@ -8,6 +8,7 @@ MiniLM load) and the colour/edge image descriptor.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -96,3 +97,22 @@ def test_warm_start_picks_the_previous_day(world: dict, trained: dict) -> None:
     assert f"ranker/dt={d1}" in io.read_manifest(out, "ranker", d2)["input_partitions"]
     assert metrics["int8"]["rows"] == metrics["valid"]["rows"]
     assert abs(metrics["int8"]["auc_change"]) < 0.05  # INT8 Linear layers barely move the ranking
+
+
+@pytest.mark.slow  # shares the ~20 s module fixture; one more one-epoch training
+def test_the_stage_builds_the_configured_fusion(world: dict, tmp_path: Path) -> None:
+    out, d1, run = world["out"], world["days"][0], world["run"]
+    copy = tmp_path / "out"
+    for name in ("frames", "embeddings"):
+        shutil.copytree(io.partition_dir(out, name, d1), io.partition_dir(copy, name, d1))
+    summary = train_ranker_stage(
+        copy, d1, CFG.model_copy(update={"fusion": "cross_attention"}), 0, "cpu", run
+    )
+    assert 0.0 <= summary["valid_auc"] <= 1.0
+    model, meta = load_checkpoint(io.committed_path(copy, "ranker", d1, "model.pt"))
+    assert meta["config"]["fusion"] == "cross_attention"
+    assert (
+        type(model.inputs.fusion).__name__ == "CrossAttentionFusion" and model.inputs.fusion.n_modalities == 2
+    )
+    metrics = json.loads(io.committed_path(copy, "ranker", d1, "metrics.json").read_text())
+    assert {"text", "image"} <= set(metrics["importance"]["auc_drop"])

@@ -351,3 +351,25 @@ def test_evaluation_blocks_equal_one_block() -> None:
         assert got[key] == pytest.approx(value, abs=1e-6), key
     assert np.array_equal(popularity_positions(counts, q, k, exclude, block_users=4), pop_one)
     assert not np.isin(pop_one[0], exclude[0].indices).any()  # exclusions still dropped per block
+
+
+@pytest.mark.slow  # shares the ~20 s module fixture (generate, frames, embeddings, stage)
+def test_the_stage_passes_fusion_and_loss_options_through(built: dict, tmp_path: Path) -> None:
+    out, dt, cfg, run = built["out"], built["dt"], built["cfg"], built["run"]
+    copy = tmp_path / "out"
+    for name in ("frames", "embeddings"):
+        shutil.copytree(io.partition_dir(out, name, dt), io.partition_dir(copy, name, dt))
+    options = load_config(
+        overrides=[
+            "--retriever.fusion=late", "--retriever.symmetric=true", "--retriever.learn_temperature=true",
+            "--retriever.epochs=1", "--retriever.dim=16", "--retriever.field_dim=8", "--retriever.hidden=[32]",
+            "--retriever.batch_size=128", f"--retriever.top_k={TOP_K}",
+        ]
+    ).retriever  # fmt: skip
+    train_retriever_stage(copy, dt, options, cfg.index, 0, "cpu", run, data_dir=built["data"])
+    model, meta = load_retriever(io.committed_path(copy, DATASET, dt, "model.pt"))
+    assert (meta["config"]["fusion"], meta["config"]["symmetric"]) == ("late", True)
+    assert type(model.item_tower.fusion).__name__ == "LateFusion"
+    metrics = json.loads(io.committed_path(copy, DATASET, dt, "metrics.json").read_text())
+    learnt = float(model.temperature().detach())
+    assert metrics["train"]["learnt_temperature"] == pytest.approx(learnt, abs=1e-6)
