@@ -41,7 +41,7 @@ from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy
 from prefect.runtime import flow_run
 
 from features.config import ColumnsConfig, EmbeddingsConfig, FeaturesConfig, SamplingConfig
-from models.config import RankerConfig, RetrieverConfig
+from models.config import CrossModalConfig, RankerConfig, RetrieverConfig
 from pipelines import io
 from pipelines.config import (
     Config,
@@ -215,11 +215,18 @@ def validate_task(cfg: Config, dt: date) -> dict[str, Any]:
 
 @task(persist_result=True)
 def embeddings_task(
-    data_dir: Path, out: Path, dt: date, cfg: EmbeddingsConfig, run: io.RunInfo, inputs_key: str
+    data_dir: Path,
+    out: Path,
+    dt: date,
+    cfg: EmbeddingsConfig,
+    crossmodal: CrossModalConfig,
+    run: io.RunInfo,
+    inputs_key: str,
 ) -> dict[str, Any]:
-    """Text and image embeddings of the catalogue (incremental) -> embeddings/dt=D/."""
+    """Text and image embeddings of the catalogue (incremental; the cross-modal image encoder trained when
+    the catalogue changed) -> embeddings/dt=D/."""
     _fault_point("embeddings")
-    return embed_items(data_dir, out, dt, cfg, run, progress=False)
+    return embed_items(data_dir, out, dt, cfg, run, crossmodal_cfg=crossmodal, progress=False)
 
 
 @task(persist_result=True)
@@ -406,15 +413,17 @@ def _run_stages(cfg: Config, dt: date, force: bool) -> dict[str, Any]:
     def cached(fn, name: str, outputs: tuple[str, ...]):  # noqa: ANN001, ANN202
         return _cached(fn, name, cfg, outputs, dt, requested_hash, force)
 
+    prev_emb = partition_fingerprint(out, EMBEDDINGS, io.previous_committed(out, EMBEDDINGS, dt))
     emb_key = inputs_key(
-        dt, run, requested_hash, cfg.embeddings, tree_fingerprint(data_dir, skip=("events",))
-    )
+        dt, run, requested_hash, cfg.embeddings, cfg.crossmodal, tree_fingerprint(data_dir, skip=("events",)),
+        prev_emb,
+    )  # fmt: skip
     frames_key = inputs_key(
         dt, run, requested_hash, cfg.data, cfg.columns, cfg.features, cfg.sampling, seed,
         files_fingerprint(event_inputs(cfg.data, dt)),
     )  # fmt: skip
     emb = cached(embeddings_task, "embeddings", (EMBEDDINGS,)).submit(
-        data_dir, out, dt, cfg.embeddings, run, inputs_key=emb_key
+        data_dir, out, dt, cfg.embeddings, cfg.crossmodal, run, inputs_key=emb_key
     )
     frames = cached(frames_task, "frames", (FRAMES,)).submit(
         data_dir, out, dt, cfg.data, cfg.columns, cfg.features, cfg.sampling, seed, run, inputs_key=frames_key
