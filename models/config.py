@@ -70,7 +70,7 @@ class CrossModalConfig(_Frozen):
     min_items: int = Field(500, ge=2)  # items with a title and a readable image needed for image_encoder=auto
     max_train_items: int = Field(20_000, ge=2)  # pairs sampled (seeded) for training on a larger catalogue
     dim: int = Field(64, ge=2)  # D of the joint space (= image_emb dim)
-    image_size: int = Field(64, ge=8)  # S: images are resized to S x S (a multiple of 8)
+    image_size: int = Field(32, ge=8)  # S: images are resized to S x S (a multiple of 8)
     width: int = Field(16, ge=1)  # channels of the CNN's first block (doubled thrice)
     grid: int = Field(1, ge=1)  # G: the last feature map is average-pooled to G x G cells (1: global pool)
     epochs: int = Field(20, ge=1)  # epochs of a training from scratch

@@ -61,7 +61,7 @@ class ImageTower(nn.Module):
 
     A stride-2 stem of `width` channels, then three 3x3 conv blocks (conv, batch norm, ReLU) doubling the
     channels, the first two followed by 2x2 max pooling; global average pooling and a linear map to D.
-    The spatial size shrinks by 8, so S must be a multiple of 8. Width 16 at S = 64 is ~0.4M weights.
+    The spatial size shrinks by 8, so S must be a multiple of 8. Width 16, D 64, G 1: 106k weights.
     """
 
     def __init__(self, dim: int, width: int = 16, grid: int = 1) -> None:
