@@ -154,7 +154,7 @@ def fit(
     own = _committed_encoder(out, dt)  # a rerun of dt: its own encoder, if it saw exactly these pairs
     if own is not None and _same_setup(own[1], text_model, ccfg) and own[2].equals(pairs.select(PAIR_COLS)):
         log.info("crossmodal: embeddings/dt=%s already holds the encoder of these pairs: reused", dt)
-        info.update(own[1].get("info", {}), model_id=crossmodal.model_id(own[0]))
+        info.update(own[1].get("info", {}), model_id=crossmodal.model_id(own[0]), trained=False)
         return Fitted(own[0], pairs, info)
     base: crossmodal.CrossModalEncoder | None = None
     new = pairs

@@ -13,6 +13,10 @@ SHA-256 of the content (the title text; the image file's bytes): a changed title
 is encoded again, an unchanged one is served from the cache, and items that share a title or an image file
 share one encoding. The item id is not part of the key: it would only force identical contents to be encoded
 twice. A rerun with nothing changed encodes nothing and does not even load the models.
+
+Which image encoder runs, and when the cross-modal one is trained (only when the catalogue's (title, image)
+pairs changed since the previous partition), is `pipelines.crossmodal`'s concern; when it runs, the partition
+also holds `crossmodal.pt` and `crossmodal_pairs.parquet`, and image_emb is its joint-space image embedding.
 """
 
 from __future__ import annotations

@@ -138,7 +138,7 @@ def test_same_catalogue_next_day_reuses_the_encoder(day1, cfg: EmbeddingsConfig,
     assert s["counts"]["image_encoded"] == 0 and s["counts"]["image_cached"] == 13  # same model id: cache
     # and a rerun of the same day finds its own encoder
     again = embed_items(data, out, d2, cfg, run_info(cfg, data), crossmodal_cfg=TINY, progress=False)
-    assert again["image_model"] == first["image_model"]
+    assert again["image_model"] == first["image_model"] and again["crossmodal"]["trained"] is False
 
 
 def test_changed_item_warm_starts_and_changes_the_model_id(
