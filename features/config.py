@@ -80,7 +80,10 @@ class EmbeddingsConfig(_Frozen):
     """Text and image encoders of items."""
 
     text_model: str = "packaged:all-MiniLM-L6-v2"  # or any sentence-transformers id / local path
-    image_model: str | None = None  # CLIP checkpoint (hub id or local dir); None -> colour/edge descriptor
+    image_model: str | None = None  # CLIP checkpoint (hub id or local dir); when set it is the image encoder
+    image_encoder: Literal["auto", "crossmodal", "descriptor"] = "auto"  # without image_model: crossmodal =
+    # a CNN trained on the catalogue's (image, title) pairs (config section `crossmodal`); descriptor = the
+    # training-free colour/edge descriptor; auto = crossmodal when crossmodal.min_items items have both
     batch_size: int = Field(64, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_image_bytes: int = Field(20_000_000, ge=1)  # larger image files are never opened (20 MB)

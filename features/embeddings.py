@@ -70,19 +70,6 @@ def l2_normalise(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return np.where(norm > eps, x / np.maximum(norm, eps), 0.0).astype(np.float32)
 
 
-def resolve_device(pref: str) -> str:
-    """ "auto" -> "cuda" when torch sees a GPU, else "cpu"; "cuda" without a GPU is an error."""
-    import torch
-
-    if pref == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if pref == "cuda" and not torch.cuda.is_available():
-        raise ValueError("embeddings.device is 'cuda' but torch sees no GPU; fix: set embeddings.device=auto")
-    if pref not in ("cpu", "cuda"):
-        raise ValueError(f"embeddings.device={pref!r} is not one of auto/cpu/cuda")
-    return pref
-
-
 # ---------------------------------------------------------------- text
 
 
@@ -194,6 +181,18 @@ def decode_image(payload: bytes | None, *, max_pixels: int | None = None) -> Ima
                 return img.convert("RGB")
     except _IMAGE_ERRORS:
         return None
+
+
+def image_array(batch: Sequence[Image.Image], size: int) -> np.ndarray:
+    """B images (any size and mode) -> [B, size, size, 3] uint8 RGB, each resized (bilinear, aspect not kept).
+
+    >>> image_array([Image.new("RGB", (60, 80), (255, 0, 0))], 8).shape
+    (1, 8, 8, 3)
+    """
+    if len(batch) == 0:
+        return np.zeros((0, size, size, 3), np.uint8)
+    dims = (size, size)
+    return np.stack([np.asarray(img.convert("RGB").resize(dims, Image.Resampling.BILINEAR)) for img in batch])
 
 
 def image_model_id(image_model: str | None) -> str:
@@ -346,13 +345,16 @@ class ColourEdgeDescriptor:
 # ---------------------------------------------------------------- building and batching
 
 
-def build_text_encoder(cfg: EmbeddingsConfig) -> SentenceTextEncoder:
-    """The text encoder that `cfg.text_model` names, on the device that `cfg.device` allows."""
-    return SentenceTextEncoder(cfg.text_model, resolve_device(cfg.device))
+def build_text_encoder(cfg: EmbeddingsConfig, device: str = "cpu") -> SentenceTextEncoder:
+    """The text encoder that `cfg.text_model` names, on `device` (a torch device name the caller resolved
+    from `cfg.device`, e.g. with `models.device.resolve_device`)."""
+    return SentenceTextEncoder(cfg.text_model, device)
 
 
-def build_image_encoder(cfg: EmbeddingsConfig) -> ClipImageEncoder | ColourEdgeDescriptor:
-    """CLIP image tower when `cfg.image_model` is set, else the colour/edge descriptor (logged)."""
+def build_image_encoder(
+    cfg: EmbeddingsConfig, device: str = "cpu"
+) -> ClipImageEncoder | ColourEdgeDescriptor:
+    """CLIP image tower on `device` when `cfg.image_model` is set, else the colour/edge descriptor (logged)."""
     if cfg.image_model is None:
         enc = ColourEdgeDescriptor()
         log.info(
@@ -361,7 +363,7 @@ def build_image_encoder(cfg: EmbeddingsConfig) -> ClipImageEncoder | ColourEdgeD
             enc.dim,
         )
         return enc
-    return ClipImageEncoder(cfg.image_model, resolve_device(cfg.device))
+    return ClipImageEncoder(cfg.image_model, device)
 
 
 def encode_batched(

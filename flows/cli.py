@@ -483,6 +483,37 @@ def report(
     typer.echo(f"metrics: {result['metrics_path']}")
 
 
+@app.command()
+def search(
+    out: Annotated[Path, typer.Option(help="Output folder of the nightly runs (data.out).")],
+    text: Annotated[str | None, typer.Option(help="Text query, e.g. 'red summer dress'.")] = None,
+    image: Annotated[Path | None, typer.Option(help="Image query: a JPEG or PNG file.")] = None,
+    k: Annotated[int, typer.Option(help="Number of items to return.")] = 10,
+    date_: Annotated[
+        str | None, typer.Option("--date", help="Embeddings partition to search (default: the latest).")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Input folder for titles (default: the one the partition recorded).")
+    ] = None,
+) -> None:
+    """Nearest catalogue items to a text and/or image query, from the committed item embeddings (FAISS)."""
+    from pipelines.search import search_items
+
+    if not text and image is None:
+        raise UsageProblem("search: no query; fix: pass --text and/or --image")
+    if k < 1:
+        raise UsageProblem(f"search: --k {k}; fix: pass --k 1 or more")
+    dt = _date(date_, "--date") if date_ else None
+    result = search_items(out, text=text, image=image, k=k, dt=dt, data_dir=data)
+    if result.note:
+        typer.echo(f"note: {result.note}", err=True)
+    typer.echo(f"# embeddings/dt={result.dt}, {result.mode} search, top {result.table.height}")
+    typer.echo(f"{'item_id':<14} {'score':>7}  {'title':<48} image_path")
+    for row in result.table.iter_rows(named=True):
+        title = (row["title"] or "")[:48]
+        typer.echo(f"{row['item_id']:<14} {row['score']:>7.3f}  {title:<48} {row['image_path'] or ''}")
+
+
 @app.command(context_settings=_OVERRIDES)
 def serve(ctx: typer.Context, config: ConfigOpt = None) -> None:
     """Register the nightly (cron: runtime.cron) and backfill deployments and serve them until interrupted.

@@ -40,7 +40,7 @@ from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CacheKeyFnPoli
 from prefect.runtime import flow_run
 
 from features.config import ColumnsConfig, EmbeddingsConfig, FeaturesConfig, SamplingConfig
-from models.config import RankerConfig, RetrieverConfig
+from models.config import CrossModalConfig, RankerConfig, RetrieverConfig
 from pipelines import io, stage_inputs
 from pipelines.config import (
     Config,
@@ -151,11 +151,12 @@ def validate_task(cfg: Config, dt: date) -> dict[str, Any]:
 
 @task(persist_result=True)
 def embeddings_task(
-    data_dir: Path, out: Path, dt: date, cfg: EmbeddingsConfig, run: io.RunInfo
+    data_dir: Path, out: Path, dt: date, cfg: EmbeddingsConfig, crossmodal: CrossModalConfig, run: io.RunInfo
 ) -> dict[str, Any]:
-    """Text and image embeddings of the catalogue (incremental) -> embeddings/dt=D/."""
+    """Text and image embeddings of the catalogue (incremental; the cross-modal image encoder trained when
+    the catalogue changed) -> embeddings/dt=D/."""
     _fault_point("embeddings")
-    return embed_items(data_dir, out, dt, cfg, run, progress=False)
+    return embed_items(data_dir, out, dt, cfg, run, crossmodal_cfg=crossmodal, progress=False)
 
 
 @task(persist_result=True)
@@ -348,8 +349,9 @@ def _run_stages(cfg: Config, dt: date, force: bool) -> dict[str, Any]:
         return _cached(fn, name, cfg, outputs, declared, dt, requested_hash, force)
 
     emb = cached(
-        embeddings_task, "embeddings", (EMBEDDINGS,), lambda p: stage_inputs.embeddings(p["data_dir"])
-    ).submit(data_dir, out, dt, cfg.embeddings, run)
+        embeddings_task, "embeddings", (EMBEDDINGS,),
+        lambda p: stage_inputs.embeddings(p["data_dir"], p["out"], p["dt"]),
+    ).submit(data_dir, out, dt, cfg.embeddings, cfg.crossmodal, run)  # fmt: skip
     frames = cached(
         frames_task, "frames", (FRAMES,), lambda p: stage_inputs.frames(p["data"], p["dt"])
     ).submit(data_dir, out, dt, cfg.data, cfg.columns, cfg.features, cfg.sampling, seed, run)

@@ -102,3 +102,37 @@ def _check_fusion_heads(section: str, fusion: str, heads: int, field_dim: int) -
             f"{section}.fusion={fusion}: {section}.fusion_heads={heads} does not divide {section}.field_dim="
             f"{field_dim} (the token width); fix: set fusion_heads to a divisor of field_dim"
         )
+
+
+class CrossModalConfig(_Frozen):
+    """Cross-modal item encoder (models/crossmodal.py): a CNN image tower trained against frozen title
+    embeddings; used by the embedding stage when embeddings.image_encoder picks it (docs/embeddings.md)."""
+
+    min_items: int = Field(500, ge=2)  # items with a title and a readable image needed for image_encoder=auto
+    max_train_items: int = Field(20_000, ge=2)  # pairs sampled (seeded) for training on a larger catalogue
+    dim: int = Field(64, ge=2)  # D of the joint space (= image_emb dim)
+    image_size: int = Field(32, ge=8)  # S: images are resized to S x S (a multiple of 8)
+    width: int = Field(16, ge=1)  # channels of the CNN's first block (doubled thrice)
+    grid: int = Field(1, ge=1)  # G: the last feature map is average-pooled to G x G cells (1: global pool)
+    epochs: int = Field(20, ge=1)  # epochs of a training from scratch
+    warm_epochs: int = Field(5, ge=1)  # epochs of an incremental training, warm-started from the last encoder
+    batch_size: int = Field(128, ge=2)  # pairs per step (the other pairs of the batch are the negatives)
+    lr: float = Field(2e-3, gt=0.0)  # AdamW learning rate, cosine-decayed to 0 over the run
+    weight_decay: float = Field(1e-4, ge=0.0)
+    temperature_init: float = Field(0.07, gt=0.0)  # tau of the learnt temperature at initialisation
+    min_temperature: float = Field(0.01, gt=0.0)  # clamp of tau (CLIP: logits scaled by at most 100)
+    modality_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # share of pairs with one side hidden per step
+    augment: bool = True  # random flip, zoom, shift, brightness of the training images
+    seed: int = 0  # init, shuffling, augmentation and dropout
+
+    @model_validator(mode="after")
+    def _checks(self) -> CrossModalConfig:
+        if self.image_size % 8:
+            raise ValueError(
+                f"crossmodal.image_size={self.image_size} is not a multiple of 8; fix: use e.g. 64"
+            )
+        if self.min_temperature > self.temperature_init:
+            raise ValueError(
+                "crossmodal.min_temperature > crossmodal.temperature_init; fix: lower the minimum"
+            )
+        return self

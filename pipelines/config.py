@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from features.config import ColumnsConfig, EmbeddingsConfig, FeaturesConfig, SamplingConfig
-from models.config import RankerConfig, RetrieverConfig
+from models.config import CrossModalConfig, RankerConfig, RetrieverConfig
 from retrieval.config import IndexConfig
 
 
@@ -105,6 +105,7 @@ class Config(_Frozen):
     features: FeaturesConfig = FeaturesConfig()
     sampling: SamplingConfig = SamplingConfig()
     embeddings: EmbeddingsConfig = EmbeddingsConfig()
+    crossmodal: CrossModalConfig = CrossModalConfig()
     retriever: RetrieverConfig = RetrieverConfig()
     index: IndexConfig = IndexConfig()
     ranker: RankerConfig = RankerConfig()

@@ -13,6 +13,10 @@ SHA-256 of the content (the title text; the image file's bytes): a changed title
 is encoded again, an unchanged one is served from the cache, and items that share a title or an image file
 share one encoding. The item id is not part of the key: it would only force identical contents to be encoded
 twice. A rerun with nothing changed encodes nothing and does not even load the models.
+
+Which image encoder runs, and when the cross-modal one is trained (only when the catalogue's (title, image)
+pairs changed since the previous partition), is `pipelines.crossmodal`'s concern; when it runs, the partition
+also holds `crossmodal.pt` and `crossmodal_pairs.parquet`, and image_emb is its joint-space image embedding.
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ from features.embeddings import (
     image_pixels,
     text_model_id,
 )
-from pipelines import io
+from models.config import CrossModalConfig
+from models.device import resolve_device
+from pipelines import crossmodal, io
 from pipelines.io import RunInfo
 from pipelines.names import EMBEDDINGS
 
@@ -64,6 +70,14 @@ class _Encoded:
 
 def _sample(ids: pl.Series, k: int = 5) -> list[str]:
     return ids.head(k).to_list()
+
+
+def encoder_device(cfg: EmbeddingsConfig) -> str:
+    """The torch device name that `embeddings.device` resolves to (models.device.resolve_device)."""
+    try:
+        return str(resolve_device(cfg.device))
+    except ValueError as err:
+        raise ValueError(f"embeddings.device: {err}") from None
 
 
 def _hash_distinct(values: pl.Series, fn: Callable[[Any], str | None]) -> pl.Series:
@@ -169,8 +183,8 @@ def _optional_strings(items: pl.DataFrame, column: str, modality: str) -> pl.Ser
 
 
 def _embed_text(
-    items: pl.DataFrame, out: Path, cfg: EmbeddingsConfig, progress: bool | None
-) -> tuple[_Encoded, str]:
+    items: pl.DataFrame, out: Path, cfg: EmbeddingsConfig, device: str, progress: bool | None
+) -> tuple[_Encoded, str, pl.Series]:
     model_id = text_model_id(cfg.text_model)
     titles = _optional_strings(items, TITLE_COL, "text")
     item_hash = _hash_distinct(titles, content_hash)
@@ -181,7 +195,14 @@ def _embed_text(
         return wanted.join(by_hash, on="content_hash", how="left", maintain_order="left")["title"].to_list()
 
     emb, ok, dim, counts, _ = _resolve(
-        "text", model_id, item_hash, inputs_of, lambda: build_text_encoder(cfg), out, cfg.batch_size, progress
+        "text",
+        model_id,
+        item_hash,
+        inputs_of,
+        lambda: build_text_encoder(cfg, device),
+        out,
+        cfg.batch_size,
+        progress,
     )
     missing = titles.is_null()
     counts["missing"] = int(missing.sum())
@@ -192,13 +213,21 @@ def _embed_text(
             items.height,
             _sample(items["item_id"].filter(missing)),
         )
-    return _Encoded(emb, ok, dim, counts), model_id
+    return _Encoded(emb, ok, dim, counts), model_id, item_hash
 
 
-def _embed_images(
-    items: pl.DataFrame, data_dir: Path, out: Path, cfg: EmbeddingsConfig, progress: bool | None
-) -> tuple[_Encoded, str]:
-    model_id = image_model_id(cfg.image_model)
+@dataclass
+class _ImageInputs:
+    """The image side of the catalogue: [N] paths and content hashes (null: no path or no file), and a
+    loader of decoded images by content hash (None: unreadable; hashes over max_image_pixels go to too_big)."""
+
+    paths: pl.Series
+    item_hash: pl.Series
+    load: Callable[[list[str]], list[Any | None]]
+    too_big: set[str]
+
+
+def _image_inputs(items: pl.DataFrame, data_dir: Path, cfg: EmbeddingsConfig) -> _ImageInputs:
     paths = _optional_strings(items, IMAGE_COL, "image")
 
     def file_hash(rel: str) -> str | None:
@@ -226,15 +255,21 @@ def _embed_images(
             images.append(decode_image(payload, max_pixels=cfg.max_image_pixels))
         return images
 
+    return _ImageInputs(paths, item_hash, inputs_of, too_big)
+
+
+def _embed_images(
+    src: _ImageInputs,
+    model_id: str,
+    make_encoder: Callable[[], Encoder],
+    data_dir: Path,
+    out: Path,
+    cfg: EmbeddingsConfig,
+    progress: bool | None,
+) -> _Encoded:
+    paths, item_hash, too_big = src.paths, src.item_hash, src.too_big
     emb, ok, dim, counts, failed = _resolve(
-        "image",
-        model_id,
-        item_hash,
-        inputs_of,
-        lambda: build_image_encoder(cfg),
-        out,
-        cfg.batch_size,
-        progress,
+        "image", model_id, item_hash, src.load, make_encoder, out, cfg.batch_size, progress
     )
     no_file = paths.is_not_null() & item_hash.is_null()
     corrupt = item_hash.is_in(pl.Series(sorted(failed - too_big), dtype=pl.String).implode()).fill_null(False)
@@ -267,7 +302,7 @@ def _embed_images(
             counts["corrupt"],
             _sample(paths.filter(corrupt)),
         )
-    return _Encoded(emb, ok, dim, counts), model_id
+    return _Encoded(emb, ok, dim, counts)
 
 
 def _check_items(items: pl.DataFrame, path: Path) -> None:
@@ -307,18 +342,40 @@ def embed_items(
     cfg: EmbeddingsConfig,
     run: RunInfo,
     *,
+    crossmodal_cfg: CrossModalConfig | None = None,
     progress: bool | None = None,
 ) -> dict[str, Any]:
     """Embed every item of `<data_dir>/items.parquet` and commit `<out>/embeddings/dt=<dt>/items.parquet`.
 
     Titles and image files already in the cache (same model id, same content hash) are not encoded again.
+    The image encoder is chosen, and the cross-modal one trained or reused, as `pipelines.crossmodal` says;
+    crossmodal_cfg: its settings (None: the defaults).
     progress: tqdm bars on/off; None shows them only on a terminal.
     Returns the summary that is also stored in the partition's manifest: model ids, dims and counts.
     """
+    crossmodal_cfg = crossmodal_cfg or CrossModalConfig()
     items = io.read_items(data_dir)
     _check_items(items, io.items_path(data_dir))
-    text, text_id = _embed_text(items, out, cfg, progress)
-    image, image_id = _embed_images(items, data_dir, out, cfg, progress)
+    device = encoder_device(cfg)
+    text, text_id, text_hash = _embed_text(items, out, cfg, device, progress)
+    src = _image_inputs(items, data_dir, cfg)
+    pairs = crossmodal.catalogue_pairs(text_hash, src.item_hash)
+    choice = crossmodal.choose_image_encoder(cfg, crossmodal_cfg, pairs.height)
+    fitted: crossmodal.Fitted | None = None
+    if choice == "crossmodal":
+        fitted = crossmodal.fit(out, dt, pairs, text.emb, text_id, src.load, crossmodal_cfg, device)
+        model = fitted.model
+        image_id = fitted.info["model_id"]
+
+        def make_image_encoder() -> Encoder:
+            return crossmodal.CrossModalImageEncoder(model, device)
+    else:
+        image_id = image_model_id(cfg.image_model)
+
+        def make_image_encoder() -> Encoder:
+            return build_image_encoder(cfg, device)
+
+    image = _embed_images(src, image_id, make_image_encoder, data_dir, out, cfg, progress)
     table = embeddings_table(items["item_id"], text.emb, image.emb, text.ok, image.ok)
     counts: dict[str, int] = {"items": items.height}
     counts.update({f"text_{k}": v for k, v in text.counts.items()})
@@ -326,13 +383,18 @@ def embed_items(
     summary: dict[str, Any] = {
         "text_model": text_id,
         "text_dim": text.dim,
+        "image_encoder": choice,
         "image_model": image_id,
         "image_dim": image.dim,
         "counts": counts,
     }
+    if fitted is not None:
+        summary["crossmodal"] = fitted.info
     with io.staged_partition(out, DATASET, dt, run) as stage:
         stage.write_table(table, TABLE)
         stage.add_inputs(io.ITEMS_FILE)
+        if fitted is not None:
+            crossmodal.commit_files(stage, fitted, text_id)
         stage.extra.update(summary)
     log.info("embeddings dt=%s: %s", dt, counts)
     return {

@@ -15,3 +15,7 @@ RUNS = "runs"  # the marker of a complete day
 MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.json"
 ITEM_EMB_FILE = "item_emb.npy"
+CROSSMODAL_FILE = "crossmodal.pt"  # embeddings/dt=D: the cross-modal encoder (image tower + text projection)
+CROSSMODAL_PAIRS = (
+    "crossmodal_pairs"  # embeddings/dt=D: its training pairs (title hash, image hash), .parquet
+)

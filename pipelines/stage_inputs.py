@@ -72,9 +72,11 @@ def partition_fingerprint(out: Path, dataset: str, dt: date | None) -> str:
     return digest(manifest)
 
 
-def embeddings(data_dir: Path) -> str:
-    """The catalogue: every file under the data folder but the events (items.parquet, images)."""
-    return tree_fingerprint(data_dir, skip=("events",))
+def embeddings(data_dir: Path, out: Path, dt: date) -> str:
+    """The catalogue (every file under the data folder but the events: items.parquet, images) and the
+    previous embeddings partition (its vectors are reused and its cross-modal encoder warm-started)."""
+    previous = partition_fingerprint(out, EMBEDDINGS, io.previous_committed(out, EMBEDDINGS, dt))
+    return digest([tree_fingerprint(data_dir, skip=("events",)), previous])
 
 
 def frames(data: DataConfig, dt: date) -> str:

@@ -22,11 +22,11 @@ from features.embeddings import (
     content_hash,
     decode_image,
     encode_batched,
+    image_array,
     image_model_id,
     image_pixels,
     l2_normalise,
     packaged_model_path,
-    resolve_device,
     text_model_id,
 )
 
@@ -90,12 +90,12 @@ def test_pixel_cap_is_read_from_the_header() -> None:
     assert decode_image(good, max_pixels=19) is None
 
 
-def test_resolve_device() -> None:
-    assert resolve_device("cpu") == "cpu"
-    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="embeddings.device"):
-            resolve_device("cuda")
+def test_image_array_resizes_to_uint8_squares() -> None:
+    # a 60x80 red photo and a 5x4 grey one -> [2, 8, 8, 3] uint8; solid colours survive the resize
+    out = image_array([solid((255, 0, 0)), solid((7, 7, 7), (5, 4)).convert("L")], 8)
+    assert out.shape == (2, 8, 8, 3) and out.dtype == np.uint8
+    assert (out[0] == [255, 0, 0]).all() and (out[1] == 7).all()
+    assert image_array([], 8).shape == (0, 8, 8, 3)
 
 
 def test_model_ids() -> None:
@@ -272,5 +272,5 @@ def test_clip_on_cuda_matches_cpu(tiny_clip_dir) -> None:
     d, _, _ = tiny_clip_dir
     imgs = [solid((20 * i, 100, 255 - 30 * i)) for i in range(7)]
     cpu = ClipImageEncoder(str(d), "cpu").encode(imgs)
-    gpu = build_image_encoder(EmbeddingsConfig(image_model=str(d), device="cuda")).encode(imgs)
+    gpu = build_image_encoder(EmbeddingsConfig(image_model=str(d)), "cuda").encode(imgs)
     np.testing.assert_allclose(gpu, cpu, atol=1e-3)  # TF32 / kernel differences only

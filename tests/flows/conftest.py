@@ -41,6 +41,13 @@ TINY_MODELS = [
     "--ranker.experts=2",
     "--ranker.rank=8",
     "--ranker.mlp=[32]",
+    # the cross-modal image encoder on the ~190 items with a photo and a title (auto needs crossmodal.min_items)
+    "--crossmodal.min_items=50",
+    "--crossmodal.epochs=1",
+    "--crossmodal.warm_epochs=1",
+    "--crossmodal.width=4",
+    "--crossmodal.dim=8",
+    "--crossmodal.image_size=16",
 ]
 
 

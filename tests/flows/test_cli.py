@@ -10,7 +10,18 @@ from typer.testing import CliRunner
 from flows.cli import app
 
 runner = CliRunner()
-COMMANDS = ["generate", "validate", "nightly", "backfill", "report", "demo", "serve", "import", "config"]
+COMMANDS = [
+    "generate",
+    "validate",
+    "nightly",
+    "backfill",
+    "report",
+    "demo",
+    "serve",
+    "import",
+    "config",
+    "search",
+]
 
 
 def test_help_lists_every_command():

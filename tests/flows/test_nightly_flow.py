@@ -28,12 +28,20 @@ def test_nightly_runs_stages_and_commits_partitions(prefect_harness, tiny_data: 
     out = tmp_path / "out"
     state = nightly(
         date=run_date.isoformat(),
-        overrides=[f"--data.dir={tiny_data}", f"--data.out={out}", "--data.train_window_days=3"],
+        overrides=[
+            f"--data.dir={tiny_data}",
+            f"--data.out={out}",
+            "--data.train_window_days=3",
+            "--crossmodal.min_items=50",
+            "--crossmodal.epochs=1",
+        ],
         return_state=True,
     )
     assert state.is_completed(), state
     summary = state.result()
     assert summary["date"] == run_date.isoformat()
+    emb = io.read_manifest(out, "embeddings", run_date)  # ~190 of 200 items have a photo and a title
+    assert emb["image_encoder"] == "crossmodal" and emb["image_dim"] == 64 and emb["crossmodal"]["trained"]
     for dataset in summary["stages"]:
         manifest = io.read_manifest(out, dataset, run_date)
         assert manifest["config_hash"] == summary["config_hash"]

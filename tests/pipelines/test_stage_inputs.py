@@ -55,8 +55,8 @@ def test_funnel_fingerprint_covers_its_horizon(tmp_path: Path) -> None:
 
 def test_embeddings_fingerprint_ignores_events(tmp_path: Path) -> None:
     data = _data(tmp_path / "data")
-    before = stage_inputs.embeddings(data)
+    before = stage_inputs.embeddings(data, tmp_path / "out", D)
     _touch(io.event_partition_dir(data, D) / "part-0.parquet")
-    assert stage_inputs.embeddings(data) == before
+    assert stage_inputs.embeddings(data, tmp_path / "out", D) == before
     _touch(io.items_path(data))
-    assert stage_inputs.embeddings(data) != before
+    assert stage_inputs.embeddings(data, tmp_path / "out", D) != before
