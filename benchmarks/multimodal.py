@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/multimodal.py myntra [--data ../shared/data] [--seed 0] [--epochs 20]
         [--width 16] [--lr 2e-3] [--append docs/benchmarks.md]
+    .venv/bin/python benchmarks/multimodal.py synthetic [--work /tmp/recsys-multimodal] [--epochs N]
+        [--only concat "no content"] [--append docs/benchmarks.md]
 
 Parts (one subcommand each; a part is a function `part_<name>(args) -> markdown` registered in PARTS):
 
@@ -14,6 +16,13 @@ Parts (one subcommand each; a part is a function `part_<name>(args) -> markdown`
   is in the top 10), image->text Recall@10 (the reverse), and the articleType purity of the 5 nearest
   held-out photos of each held-out photo (image->image, self excluded).
 
+* `synthetic`: synthetic medium with the content-only signals (a pattern drawn only into the image, a style
+  word written only in the title; docs/synthetic-data.md). Embeddings (the cross-modal encoder included) and
+  frames of D are built once; then per variant (each fusion strategy with text and image; no content, text
+  only, image only with the default fusion) the retriever, the pointwise ranker and the funnel are trained in
+  their own output folder: ranker AUC on D+1 with the permutation importance of text and image, the
+  two-tower lists' and the published lists' NDCG@10.
+
 Prints a markdown table; `--append FILE` appends it, with the command, to FILE. The MiniLM title vectors are
 kept in `--work` (keyed by the titles' hash) so a rerun with other encoder settings does not re-encode them.
 """
@@ -22,11 +31,16 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import shlex
+import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -162,7 +176,143 @@ def part_myntra(args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-PARTS: dict[str, Callable[[argparse.Namespace], str]] = {"myntra": part_myntra}
+# ---------------------------------------------------------------- synthetic medium: fusion and content ablation
+
+# (name, fusion, use_text, use_image); the content ablations use the default fusion
+VARIANTS = (
+    ("concat", "concat", True, True),
+    ("late", "late", True, True),
+    ("attention", "attention", True, True),
+    ("cross_attention", "cross_attention", True, True),
+    ("no content", "concat", False, False),
+    ("text only", "concat", True, False),
+    ("image only", "concat", False, True),
+)
+
+
+def _synthetic_base(work: Path, seed: int) -> tuple[Path, Path, date]:
+    """Synthetic medium (content signal on, the generator's default) generated once, and the embeddings and
+    frames of its run date D (the day before the last 3), built once into <work>/base and shared by every
+    variant: (data, base out, D)."""
+    from pipelines import io
+    from pipelines.config import Config, DataConfig, config_hash, config_to_dict
+    from pipelines.embedding import embed_items
+    from pipelines.frames import build_frames
+
+    data, base = work / "data", work / "base"
+    if not (data / "items.parquet").is_file():
+        recsys = Path(sys.executable).parent / "recsys"
+        subprocess.run([str(recsys), "generate", "--preset", "medium", "--data", str(data)], check=True)
+    days = io.event_dates(data)
+    dt = days[-1] - timedelta(days=3)
+    cfg = Config(data=DataConfig(dir=data, out=base))
+    run = io.RunInfo.new(config_to_dict(cfg), config_hash(cfg), run_id="multimodal")
+    t0 = time.perf_counter()
+    if not io.is_committed(base, "embeddings", dt):
+        embed_items(data, base, dt, cfg.embeddings, run, progress=False)
+    if not io.is_committed(base, "frames", dt):
+        build_frames(data, base, dt, cfg.data, cfg.columns, cfg.features, cfg.sampling, seed, run)
+    print(f"synthetic medium: D={dt}, embeddings and frames in {time.perf_counter() - t0:.0f} s", flush=True)
+    return data, base, dt
+
+
+def _variant(data: Path, base: Path, dt: date, name: str, fusion: str, text: bool, image: bool, seed: int,
+             epochs: int | None) -> dict[str, Any]:  # fmt: skip
+    """Retriever, ranker and funnel of one variant, in <base>/../<name>/ with the shared inputs linked."""
+    from pipelines import io
+    from pipelines.config import Config, DataConfig, config_hash, config_to_dict
+    from pipelines.funnel import funnel_stage
+    from pipelines.funnel.inputs import lookback_days
+    from pipelines.ranking import train_and_evaluate
+    from pipelines.retriever import train_retriever_stage
+
+    out = base.parent / name.replace(" ", "_")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for ds in ("frames", "embeddings"):
+        (out / ds).symlink_to(base / ds, target_is_directory=True)
+    cfg = Config(data=DataConfig(dir=data, out=out))
+    epochs_over = {"epochs": epochs} if epochs else {}
+    rcfg = cfg.retriever.model_copy(
+        update={"fusion": fusion, "use_text": text, "use_image": image, **epochs_over}
+    )
+    kcfg = cfg.ranker.model_copy(
+        update={"fusion": fusion, "use_text": text, "use_image": image, **epochs_over}
+    )
+    cfg = cfg.model_copy(update={"retriever": rcfg, "ranker": kcfg})
+    run = io.RunInfo.new(config_to_dict(cfg), config_hash(cfg), run_id=f"multimodal-{name}")
+    t0 = time.perf_counter()
+    retriever = train_retriever_stage(out, dt, rcfg, cfg.index, seed, "cpu", run)
+    t1 = time.perf_counter()
+    ranker = train_and_evaluate(out, dt, kcfg, seed, "cpu").metrics
+    t2 = time.perf_counter()
+    funnel = funnel_stage(
+        data, out, dt, cfg.funnel, cfg.ranker, list(cfg.sampling.positive_events), lookback_days(cfg.data),
+        rcfg.exclude_purchased, seed, "cpu", run,
+    )["metrics"]  # fmt: skip
+    t3 = time.perf_counter()
+    split = "eval" if "eval" in ranker else "valid"
+    drop = (ranker.get("importance") or {}).get("auc_drop") or {}
+    ev = funnel.get("eval") or {}
+    return {
+        "variant": name,
+        "ranker_auc": ranker[split]["auc"],
+        "auc_split": split,
+        "importance_text": drop.get("text"),
+        "importance_image": drop.get("image"),
+        "retriever_recall@50": retriever.get("eval_recall@50"),
+        "two_tower_ndcg@10": (ev.get("two_tower") or {}).get("ndcg@10"),
+        "funnel_ndcg@10": (ev.get("published") or {}).get("ndcg@10"),
+        "funnel_order": funnel.get("order"),
+        "seconds": {"retriever": round(t1 - t0), "ranker": round(t2 - t1), "funnel": round(t3 - t2)},
+    }
+
+
+def synthetic(work: Path, seed: int, epochs: int | None, only: list[str] | None) -> list[dict[str, Any]]:
+    data, base, dt = _synthetic_base(work, seed)
+    rows = []
+    for name, fusion, text, image in VARIANTS:
+        if only and name not in only:
+            continue
+        row = _variant(data, base, dt, name, fusion, text, image, seed, epochs)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def synthetic_table(rows: list[dict[str, Any]]) -> str:
+    def f(x: Any) -> str:
+        return "n/a" if x is None else f"{x:.4f}" if isinstance(x, float) else str(x)
+
+    none = next((r["ranker_auc"] for r in rows if r["variant"] == "no content"), None)
+    lines = [
+        "| variant | ranker AUC | vs no content | AUC drop: text | AUC drop: image | two-tower NDCG@10 "
+        "| funnel NDCG@10 (published) | seconds (retriever, ranker, funnel) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        delta = "" if none is None else f"{r['ranker_auc'] - none:+.4f}"
+        s = r["seconds"]
+        lines.append(
+            f"| {r['variant']} | {f(r['ranker_auc'])} | {delta} | {f(r['importance_text'])} "
+            f"| {f(r['importance_image'])} | {f(r['two_tower_ndcg@10'])} | {f(r['funnel_ndcg@10'])} "
+            f"| {s['retriever']}, {s['ranker']}, {s['funnel']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def part_synthetic(args: argparse.Namespace) -> str:
+    torch.set_num_threads(args.threads)
+    rows = synthetic(args.work / "synthetic-medium", args.seed, args.epochs, args.only)
+    return (
+        f"Synthetic medium with the content-only signals (docs/synthetic-data.md; content_signal 1.0), D = the "
+        f"day before the last 3, seed {args.seed}, {args.threads} CPU threads; ranker AUC on frames eval "
+        f"(D+1), permutation importance = AUC drop when the modality is shuffled; funnel NDCG@10 of the "
+        f"published lists over D+1..D+3 (every returning user).\n\n" + synthetic_table(rows)
+    )
+
+
+PARTS: dict[str, Callable[[argparse.Namespace], str]] = {"myntra": part_myntra, "synthetic": part_synthetic}
 
 
 def main() -> None:
@@ -182,6 +332,17 @@ def main() -> None:
     p.add_argument("--modality-dropout", type=float, default=CrossModalConfig().modality_dropout)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--append", type=Path, default=None, help="append the table and the command to this file")
+    q = sub.add_parser(
+        "synthetic", help="synthetic medium with content-only signals: fusion and content ablation"
+    )
+    q.add_argument("--work", type=Path, default=Path("/tmp/recsys-multimodal"))
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument(
+        "--epochs", type=int, default=None, help="epochs of the retriever and ranker (default: config)"
+    )
+    q.add_argument("--only", nargs="*", default=None, help="run only these variants (names as in the table)")
+    q.add_argument("--threads", type=int, default=2)
+    q.add_argument("--append", type=Path, default=None, help="append the table and the command to this file")
     args = ap.parse_args()
     table = PARTS[args.part](args)
     print(table)
