@@ -87,6 +87,9 @@ class RankerConfig(_Frozen):
     quantize_int8: bool = False  # dynamic INT8 Linear layers for CPU scoring
     use_text: bool = True  # the items' text embedding as an input (when embeddings/dt=D is committed)
     use_image: bool = True  # the items' image embedding as an input
+    content_affinity: bool = (
+        True  # per modality, cos(user's history items, item) as an input (pipelines.batches)
+    )
     warm_start: bool = True
     prefetch_batches: int = Field(0, ge=0)  # training batches read ahead by a thread (0: none)
 

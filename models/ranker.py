@@ -146,6 +146,7 @@ class InputBlock(nn.Module):
         image_dim: int,
         fusion: str = "concat",
         fusion_heads: int = 2,
+        n_affinity: int = 0,
     ) -> None:
         super().__init__()
         if hist_field is not None and hist_field not in layout.names:
@@ -160,12 +161,16 @@ class InputBlock(nn.Module):
         self.n_fields = len(layout.names)
         self.hist_offset = None if hist_field is None else layout.offsets[layout.names.index(hist_field)]
         self.hist_size = None if hist_field is None else layout.sizes[layout.names.index(hist_field)]
-        self.n_counts, self.n_numeric = n_counts, n_numeric
+        self.n_counts, self.n_numeric, self.n_affinity = n_counts, n_numeric, n_affinity
         self.text = ModalityGate(text_dim, field_dim) if text_dim > 0 else None
         self.image = ModalityGate(image_dim, field_dim) if image_dim > 0 else None
         self.text_dim, self.image_dim = text_dim, image_dim
         ids_dim = (
-            self.n_fields * field_dim + (field_dim if hist_field is not None else 0) + n_counts + n_numeric
+            self.n_fields * field_dim
+            + (field_dim if hist_field is not None else 0)
+            + n_counts
+            + n_numeric
+            + n_affinity
         )
         self.fusion = build_fusion(
             fusion,
@@ -221,6 +226,8 @@ class InputBlock(nn.Module):
             parts.append(_require(batch, "counts", self.n_counts, "ranker").float())  # (B, C)
         if self.n_numeric:
             parts.append(_require(batch, "numeric", self.n_numeric, "ranker").float())  # (B, M)
+        if self.n_affinity:
+            parts.append(_require(batch, "affinity", self.n_affinity, "ranker").float())  # (B, A)
         ids = torch.cat(parts, dim=1)  # (B, Di)
         tokens, present = [], []
         for key, width, gate in (("text", self.text_dim, self.text), ("image", self.image_dim, self.image)):
@@ -376,13 +383,15 @@ def build_ranker(
     text_dim: int = 0,
     image_dim: int = 0,
     *,
+    n_affinity: int = 0,
     seed: int | None = None,
 ) -> nn.Module:
     """The ranker chosen by `cfg.model` ("dcnmix", "dcnv2", "lr", "fm"); forward(batch) -> logits [B] float32.
 
     `hist_field` names the layout field whose buckets fill `hist` (None: no history input); `n_counts`,
-    `n_numeric`, `text_dim`, `image_dim` are the widths of those batch entries (0 = not used). LR and FM read
-    the hashed fields, counts and numeric only. With `seed` the initial weights are drawn from that seed
+    `n_numeric`, `text_dim`, `image_dim`, `n_affinity` are the widths of those batch entries (0 = not used;
+    `affinity` [B, A]: the content affinity of the user's history to the item, `pipelines.batches`). LR and FM
+    read the hashed fields, counts and numeric only. With `seed` the initial weights are drawn from that seed
     without touching the global RNG.
 
     >>> m = build_ranker(RankerConfig(), FieldLayout(("user", "item_id"), (5, 9)), hist_field="item_id", seed=0)
@@ -394,6 +403,7 @@ def build_ranker(
         ("n_numeric", n_numeric),
         ("text_dim", text_dim),
         ("image_dim", image_dim),
+        ("n_affinity", n_affinity),
     ):
         if v < 0:
             raise ValueError(f"build_ranker: {name}={v} must be >= 0")
@@ -408,7 +418,7 @@ def build_ranker(
         else:
             inputs = InputBlock(
                 layout, cfg.field_dim, hist_field, n_counts, n_numeric, text_dim, image_dim,
-                fusion=cfg.fusion, fusion_heads=cfg.fusion_heads,
+                fusion=cfg.fusion, fusion_heads=cfg.fusion_heads, n_affinity=n_affinity,
             )  # fmt: skip
             model = DCNRanker(cfg, inputs)
     model.build_args = {
@@ -419,6 +429,7 @@ def build_ranker(
         "n_numeric": n_numeric,
         "text_dim": text_dim,
         "image_dim": image_dim,
+        "n_affinity": n_affinity,
     }
     return model
 

@@ -496,7 +496,7 @@ def save_checkpoint(path: Path | str, model: nn.Module, meta: dict[str, Any] | N
 
     The meta stored is `meta` (e.g. {"feature_stats": {...}, "run_id": ...}; plain Python types only) plus
     the build arguments of the model: "config" (cfg.model_dump()), "layout", "hist_field", "n_counts",
-    "n_numeric", "text_dim", "image_dim", which `load_checkpoint` uses to rebuild it.
+    "n_numeric", "text_dim", "image_dim", "n_affinity", which `load_checkpoint` uses to rebuild it.
     """
     path = Path(path)
     inner = unwrap(model)
@@ -534,6 +534,7 @@ def load_checkpoint(path: Path | str) -> tuple[nn.Module, dict[str, Any]]:
         meta["n_numeric"],
         meta["text_dim"],
         meta["image_dim"],
+        n_affinity=meta.get("n_affinity", 0),  # absent from checkpoints written before the input existed
     )
     model.load_state_dict(payload["state_dict"])
     return model.eval(), meta

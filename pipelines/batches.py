@@ -8,6 +8,7 @@ The frames stage writes one partition per run date (docs/frames.md); the models 
     cnt_<w>d     -> counts  [B, C] float32 (log1p of the counts)
     num_*        -> numeric [B, M] float32 (already standardised by the frames stage)
     item_idx     -> text / has_text / image / has_image, gathered from ItemContent
+    hist + item_idx -> affinity [B, A] float32 (when the spec asks): `content_affinity`
     label        -> label   [B] float32
 
 Files are read with pyarrow's `iter_batches`, so memory is bounded by the batch size (plus the shuffle
@@ -45,6 +46,9 @@ class ItemContent:
     has_text: np.ndarray  # [N] float32
     image: np.ndarray  # [N, Di] float32, zeros where missing
     has_image: np.ndarray  # [N] float32
+    # [H] int64: bucket of the item_id field (what `hist` holds) -> item_idx of a catalogue item hashed to it
+    # (the first, on a collision), -1 for none; None when the vocab has no item_id field
+    item_of_bucket: np.ndarray | None = None
 
     @property
     def text_dim(self) -> int:
@@ -57,6 +61,13 @@ class ItemContent:
     def __len__(self) -> int:
         return int(self.text.shape[0])
 
+    @property
+    def affinity_dim(self) -> int:
+        """A: the columns `content_affinity` gives (one per modality of non-zero width; 0 without a map)."""
+        if self.item_of_bucket is None:
+            return 0
+        return int(self.text_dim > 0) + int(self.image_dim > 0)
+
     def only(self, *, text: bool = True, image: bool = True) -> ItemContent:
         """This content with a modality dropped: its matrix gets width 0 and its mask 0 (the model built for
         it has no input for that modality)."""
@@ -66,7 +77,50 @@ class ItemContent:
             has_text=self.has_text if text else np.zeros(n, np.float32),
             image=self.image if image else np.zeros((n, 0), np.float32),
             has_image=self.has_image if image else np.zeros(n, np.float32),
+            item_of_bucket=self.item_of_bucket,
         )
+
+
+def content_affinity(hist: np.ndarray, items: np.ndarray, content: ItemContent) -> np.ndarray:
+    """How close an item's content is to what the user chose before: [B, A] float32.
+
+    For each modality m (text, then image; those of non-zero width): the cosine between the item's own
+    vector and the sum of the vectors of the user's other history items (``cos(sum_l e_m(h_l), e_m(i))``
+    over h_l != i, i.e. the mean direction of the history), 0 when the item lacks m or no other history item
+    has it. The item itself is left out of the history so that the number says how close its content is to
+    the user's other choices, not that the user chose it before (the ids already say that). hist [B, L] int64
+    holds item_id buckets (0 = padding), mapped to catalogue items by `content.item_of_bucket`; items [B]
+    int64 are item_idx. A preference only the content shows (a pattern drawn in the photos, a word of the
+    titles) then reaches the ranker as a number it can weigh, for items no one has chosen yet too.
+
+    >>> c = ItemContent(np.eye(2, dtype=np.float32), np.ones(2, np.float32), np.zeros((2, 0), np.float32),
+    ...                 np.zeros(2, np.float32), item_of_bucket=np.array([-1, 0, 1]))
+    >>> content_affinity(np.array([[1, 2, 0], [1, 0, 0], [0, 0, 0]]), np.array([0, 1, 1]), c).tolist()
+    [[0.0], [0.0], [0.0]]
+    >>> c2 = ItemContent(np.array([[1.0, 0.0], [0.6, 0.8]], np.float32), np.ones(2, np.float32),
+    ...                  np.zeros((2, 0), np.float32), np.zeros(2, np.float32), item_of_bucket=np.array([-1, 0, 1]))
+    >>> [round(x, 6) for x in content_affinity(np.array([[1, 2]]), np.array([1]), c2)[:, 0].tolist()]
+    [0.6]
+    """
+    if content.item_of_bucket is None:
+        raise ValueError(
+            "content_affinity needs ItemContent.item_of_bucket; fix: load it with load_item_content"
+        )
+    bucket = np.clip(hist, 0, len(content.item_of_bucket) - 1)
+    rows = np.where(hist > 0, content.item_of_bucket[bucket], -1)  # (B, L)
+    known = (rows >= 0) & (rows != items[:, None])  # the item itself is left out: content, not a repeat
+    safe = np.where(known, rows, 0)
+    cols = []
+    for matrix, has in ((content.text, content.has_text), (content.image, content.has_image)):
+        if matrix.shape[1] == 0:
+            continue
+        weight = (known & (has[safe] > 0)).astype(np.float32)  # (B, L)
+        profile = np.einsum("bl,bld->bd", weight, matrix[safe])  # (B, Dm)
+        own = matrix[items] * (has[items] > 0)[:, None]  # (B, Dm)
+        dot = (profile * own).sum(1)
+        norm = np.linalg.norm(profile, axis=1) * np.linalg.norm(own, axis=1)
+        cols.append(np.where(norm > 0, dot / np.maximum(norm, 1e-12), 0.0))
+    return np.stack(cols, axis=1).astype(np.float32) if cols else np.zeros((len(items), 0), np.float32)
 
 
 def load_vocab(out: Path, dt: date) -> Vocab:
@@ -82,9 +136,17 @@ def _matrix(col: pl.Series) -> np.ndarray:
 def load_item_content(out: Path, dt: date) -> ItemContent:
     """Embeddings of dt=D aligned with frames/dt=D items.parquet (item_idx order).
 
-    Items of the frames catalogue that the embeddings partition lacks get zero vectors and masks 0.
+    Items of the frames catalogue that the embeddings partition lacks get zero vectors and masks 0. The map
+    from the item_id field's buckets to item_idx (`ItemContent.item_of_bucket`, for `content_affinity`) comes
+    from the same table's bucket column.
     """
-    items = io.read_table(out, FRAMES, dt, frames.ITEMS).select("item_id", "item_idx").sort("item_idx")
+    id_field = load_vocab(out, dt).item_id_field()
+    bucket_col = [bucket_column(id_field.name)] if id_field is not None else []
+    items = (
+        io.read_table(out, FRAMES, dt, frames.ITEMS)
+        .select("item_id", "item_idx", *bucket_col)
+        .sort("item_idx")
+    )
     if not (items["item_idx"].to_numpy() == np.arange(items.height)).all():
         raise ValueError(
             f"{io.partition_dir(out, FRAMES, dt)}/{frames.ITEMS}.parquet: item_idx is not 0..N-1; "
@@ -106,11 +168,18 @@ def load_item_content(out: Path, dt: date) -> ItemContent:
         full[found] = emb[col].cast(pl.Float32).to_numpy()[idx]
         return full
 
+    item_of_bucket = None
+    if id_field is not None:
+        item_of_bucket = np.full(id_field.buckets, -1, np.int64)
+        buckets = items[bucket_col[0]].to_numpy().astype(np.int64)
+        item_of_bucket[buckets[::-1]] = np.arange(items.height)[::-1]  # the first item of a bucket wins
+        item_of_bucket[0] = -1  # the null bucket is hist's padding
     return ItemContent(
         text=gather(_matrix(emb["text_emb"])),
         has_text=mask("has_text"),
         image=gather(_matrix(emb["image_emb"])),
         has_image=mask("has_image"),
+        item_of_bucket=item_of_bucket,
     )
 
 
@@ -124,6 +193,7 @@ class BatchSpec:
     hist_len: int  # 0: no hist; else hist [B, L]
     item_content: bool  # gather text/image by item_idx
     label: bool  # label -> label [B] float32
+    affinity: bool = False  # affinity [B, A] from hist and item_idx (needs hist_len and item_content)
 
     def layout(self, vocab: Vocab) -> FieldLayout:
         sizes = vocab.vocab_sizes()
@@ -205,6 +275,8 @@ def _arrow_to_batch(table: pa.Table | pa.RecordBatch, spec: BatchSpec, content: 
         batch["has_text"] = torch.from_numpy(content.has_text[idx])
         batch["image"] = torch.from_numpy(content.image[idx])  # (B, Di)
         batch["has_image"] = torch.from_numpy(content.has_image[idx])
+        if spec.affinity:
+            batch["affinity"] = torch.from_numpy(content_affinity(batch["hist"].numpy(), idx, content))
     if spec.label:
         batch["label"] = torch.from_numpy(np_col("label", np.float32))
     if not batch:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from datetime import date
@@ -52,6 +53,11 @@ class RankerData:
     def image_dim(self) -> int:
         return self.content.image_dim if self.content is not None else 0
 
+    @property
+    def n_affinity(self) -> int:
+        """A: the columns of the `affinity` input (0 when the spec does not ask for it)."""
+        return self.content.affinity_dim if self.spec.affinity and self.content is not None else 0
+
 
 def prepare_data(
     out: Path,
@@ -61,11 +67,13 @@ def prepare_data(
     sides: tuple[str, ...] = SIDES,
     use_text: bool = True,
     use_image: bool = True,
+    content_affinity: bool = True,
 ) -> RankerData:
     """Paths, vocab and the batch spec of the ranker files of frames/dt=D.
 
     item_content: use the text/image embeddings of embeddings/dt=D when that partition is committed;
-    use_text / use_image: keep that modality (a dropped one has width 0, so the model has no input for it).
+    use_text / use_image: keep that modality (a dropped one has width 0, so the model has no input for it);
+    content_affinity: add `affinity` (`pipelines.batches.content_affinity`) for the kept modalities.
     sides: vocab sides whose hashed fields enter the model (all three for the nightly ranker).
     """
     out = Path(out)
@@ -91,6 +99,8 @@ def prepare_data(
     if spec.hist_len and hist_field not in spec.fields:
         hist_field = None  # no item_id field among the chosen sides: the history has no table to read
         spec = BatchSpec(spec.fields, spec.counts, spec.numeric, 0, spec.item_content, spec.label)
+    if content_affinity and spec.hist_len and content is not None and content.affinity_dim:
+        spec = dataclasses.replace(spec, affinity=True)
     return RankerData(
         train=train,
         valid=valid,
@@ -112,6 +122,7 @@ def build_model(cfg: RankerConfig, data: RankerData, seed: int) -> nn.Module:
         len(data.spec.numeric),
         data.text_dim,
         data.image_dim,
+        n_affinity=data.n_affinity,
         seed=seed,
     )
 

@@ -98,6 +98,8 @@ def importance_fields(spec: BatchSpec) -> dict[str, tuple[str, int | None]]:
     if spec.item_content:
         fields["text"] = ("text", None)
         fields["image"] = ("image", None)
+    if spec.affinity:
+        fields["affinity"] = ("affinity", None)
     return fields
 
 

@@ -95,6 +95,7 @@ def _spec_json(spec: BatchSpec) -> dict[str, Any]:
         "numeric": list(spec.numeric),
         "hist_len": spec.hist_len,
         "item_content": spec.item_content,
+        "affinity": spec.affinity,
     }
 
 
@@ -106,6 +107,7 @@ def spec_from_json(d: dict[str, Any], label: bool) -> BatchSpec:
         int(d["hist_len"]),
         bool(d["item_content"]),
         label,
+        bool(d.get("affinity", False)),
     )
 
 
@@ -130,7 +132,9 @@ def train_and_evaluate(out: Path, dt: date, cfg: RankerConfig, seed: int, device
     """
     out = Path(out)
     dev = resolve_device(device)
-    data = prepare_data(out, dt, use_text=cfg.use_text, use_image=cfg.use_image)
+    data = prepare_data(
+        out, dt, use_text=cfg.use_text, use_image=cfg.use_image, content_affinity=cfg.content_affinity
+    )
     prev = _previous_model(out, dt) if cfg.warm_start else None
     start = time.perf_counter()
     model, result, info = fit(cfg, data, seed, dev, warm_from=prev[1] if prev else None)
@@ -151,7 +155,12 @@ def train_and_evaluate(out: Path, dt: date, cfg: RankerConfig, seed: int, device
         "samples_per_s": result.samples_per_s,
         "train_seconds": train_s,
         "parameters": int(sum(p.numel() for p in model.parameters())),
-        "inputs": {**_spec_json(data.spec), "text_dim": data.text_dim, "image_dim": data.image_dim},
+        "inputs": {
+            **_spec_json(data.spec),
+            "text_dim": data.text_dim,
+            "image_dim": data.image_dim,
+            "n_affinity": data.n_affinity,
+        },
         **info,
     }
     metrics["valid"] = evaluate_split(model, data.valid, data, dev)

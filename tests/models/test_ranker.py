@@ -239,3 +239,23 @@ def test_lookup_distinct_gradient_is_reproducible_on_two_threads():
     finally:
         torch.set_num_threads(n)
     assert all(torch.equal(grads[0], g) for g in grads[1:])
+
+
+def test_affinity_input_widens_the_ids_block_and_survives_a_checkpoint(tmp_path):
+    from models.train import load_checkpoint, save_checkpoint
+
+    cfg = RankerConfig(field_dim=4, rank=4, experts=2, mlp=[8], cross_layers=1)
+    layout = FieldLayout(("user", "item_id"), (5, 9))
+    plain = build_ranker(cfg, layout, seed=0)
+    net = build_ranker(cfg, layout, n_affinity=2, seed=0)
+    assert net.inputs.out_dim == plain.inputs.out_dim + 2
+    batch = {"sparse": torch.tensor([[1, 2], [3, 4]]), "affinity": torch.tensor([[0.5, -1.0], [0.0, 0.2]])}
+    net.eval()
+    x0 = net.inputs(batch)
+    torch.testing.assert_close(x0[:, -2:], batch["affinity"])  # the last columns of the ids block
+    with pytest.raises(ValueError, match="affinity"):
+        net({"sparse": batch["sparse"]})
+    path = save_checkpoint(tmp_path / "m.pt", net)
+    loaded, meta = load_checkpoint(path)
+    assert meta["n_affinity"] == 2
+    torch.testing.assert_close(loaded(batch), net(batch))

@@ -109,11 +109,19 @@ def test_stream_visits_every_row_once(tmp_path_factory, n: int, batch: int, seed
 
 
 def test_load_item_content_aligns_by_item_idx(tmp_path: Path):
+    vocab = Vocab((FieldSpec("item_id", ("item_id",), 5, "item"),))
     with io.staged_partition(tmp_path, "frames", D, RUN) as st_:
         st_.write_table(
-            pl.DataFrame({"item_id": ["a", "b", "c"], "item_idx": pl.Series([0, 1, 2], dtype=pl.Int32)}),
+            pl.DataFrame(
+                {
+                    "item_id": ["a", "b", "c"],
+                    "item_idx": pl.Series([0, 1, 2], dtype=pl.Int32),
+                    "bkt_item_id": pl.Series([3, 1, 3], dtype=pl.Int32),  # a and c collide
+                }
+            ),
             "items",
         )
+        st_.write_json("vocab.json", vocab.to_json())
     emb = pl.DataFrame(
         {
             "item_id": ["c", "a"],  # other order; "b" has no embedding row
@@ -129,6 +137,8 @@ def test_load_item_content_aligns_by_item_idx(tmp_path: Path):
     assert c.text.tolist() == [[1, 0], [0, 0], [0, 1]]
     assert c.has_text.tolist() == [1, 0, 1] and c.has_image.tolist() == [1, 0, 0]
     assert (c.text_dim, c.image_dim, len(c)) == (2, 1, 3)
+    # bucket -> item_idx: the first item of a bucket, -1 for an empty bucket and for the null bucket 0
+    assert c.item_of_bucket.tolist() == [-1, 1, -1, 0, -1]
 
 
 def test_prefetched_stream_equals_the_serial_stream(tmp_path: Path):
@@ -167,3 +177,38 @@ def test_item_content_only_drops_a_modality_to_width_zero() -> None:
     assert text_only.has_image.sum() == 0 and text_only.has_text.sum() == 3
     image_only = content.only(text=False)
     assert (image_only.text_dim, image_only.image_dim) == (0, 2)
+
+
+def _content(text: np.ndarray, image: np.ndarray, item_of_bucket: list[int]) -> B.ItemContent:
+    n = len(text)
+    return B.ItemContent(
+        text=text.astype(np.float32),
+        has_text=np.ones(n, np.float32),
+        image=image.astype(np.float32),
+        has_image=(np.abs(image).sum(1) > 0).astype(np.float32),
+        item_of_bucket=np.array(item_of_bucket),
+    )
+
+
+def test_content_affinity_hand_worked():
+    # items 0..2; text: e0, e1, (e0 + e1) / sqrt 2; image: item 2 has none; buckets 1, 2, 3 -> items 0, 1, 2
+    text = np.array([[1.0, 0.0], [0.0, 1.0], [2**-0.5, 2**-0.5]])
+    image = np.array([[1.0], [1.0], [0.0]])
+    c = _content(text, image, [-1, 0, 1, 2])
+    hist = np.array([[1, 1, 0], [1, 2, 0], [0, 0, 0], [3, 0, 0], [1, 3, 0]])
+    # profiles: e0; e0 + e1; none; item 2 (the item itself: left out -> none); e0 (item 2 left out)
+    items = np.array([2, 2, 0, 2, 2])
+    got = B.content_affinity(hist, items, c)
+    assert got.shape == (5, 2)
+    assert got[:, 0] == pytest.approx([2**-0.5, 1.0, 0.0, 0.0, 2**-0.5], abs=1e-6)  # text
+    # image: item 2 has no image -> 0
+    assert got[:, 1] == pytest.approx([0.0] * 5, abs=1e-6)
+    assert B.content_affinity(np.array([[2, 0, 0]]), np.array([0]), c)[0, 1] == pytest.approx(1.0)
+
+
+def test_content_affinity_follows_the_kept_modalities():
+    c = _content(np.eye(2), np.ones((2, 1)), [-1, 0, 1])
+    assert c.affinity_dim == 2
+    assert c.only(image=False).affinity_dim == 1
+    assert B.content_affinity(np.array([[1]]), np.array([0]), c.only(image=False)).shape == (1, 1)
+    assert c.only(text=False, image=False).affinity_dim == 0

@@ -72,8 +72,10 @@ def test_train_commits_checkpoint_and_metrics(world: dict, trained: dict) -> Non
         assert 0.0 <= cal["ece"] <= 1.0
     vocab = load_vocab(out, d1)
     importance = metrics["importance"]["auc_drop"]
-    # every hashed field of all three sides is a model input, plus hist/counts/numeric/text/image
-    assert set(vocab.names()) | {"hist", "counts", "numeric", "text", "image"} == set(importance)
+    # every hashed field of all three sides is a model input, plus hist/counts/numeric/text/image and the
+    # content affinity of the history to the item (one column per modality)
+    assert set(vocab.names()) | {"hist", "counts", "numeric", "text", "image", "affinity"} == set(importance)
+    assert metrics["inputs"]["affinity"] and metrics["inputs"]["n_affinity"] == 2
     assert len(metrics["cross_singular_values"]) == CFG.cross_layers
     spectrum = metrics["cross_singular_values"][0]["top"]
     assert spectrum == sorted(spectrum, reverse=True)
