@@ -260,6 +260,7 @@ def _variant(data: Path, base: Path, dt: date, name: str, fusion: str, text: boo
         "auc_split": split,
         "importance_text": drop.get("text"),
         "importance_image": drop.get("image"),
+        "importance_affinity": drop.get("affinity"),
         "retriever_recall@50": retriever.get("eval_recall@50"),
         "two_tower_ndcg@10": (ev.get("two_tower") or {}).get("ndcg@10"),
         "funnel_ndcg@10": (ev.get("published") or {}).get("ndcg@10"),
@@ -286,16 +287,17 @@ def synthetic_table(rows: list[dict[str, Any]]) -> str:
 
     none = next((r["ranker_auc"] for r in rows if r["variant"] == "no content"), None)
     lines = [
-        "| variant | ranker AUC | vs no content | AUC drop: text | AUC drop: image | two-tower NDCG@10 "
-        "| funnel NDCG@10 (published) | seconds (retriever, ranker, funnel) |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| variant | ranker AUC | vs no content | AUC drop: text | AUC drop: image | AUC drop: affinity "
+        "| two-tower NDCG@10 | funnel NDCG@10 (published) | seconds (retriever, ranker, funnel) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         delta = "" if none is None else f"{r['ranker_auc'] - none:+.4f}"
         s = r["seconds"]
         lines.append(
             f"| {r['variant']} | {f(r['ranker_auc'])} | {delta} | {f(r['importance_text'])} "
-            f"| {f(r['importance_image'])} | {f(r['two_tower_ndcg@10'])} | {f(r['funnel_ndcg@10'])} "
+            f"| {f(r['importance_image'])} | {f(r.get('importance_affinity'))} | {f(r['two_tower_ndcg@10'])} "
+            f"| {f(r['funnel_ndcg@10'])} "
             f"| {s['retriever']}, {s['ranker']}, {s['funnel']} |"
         )
     return "\n".join(lines) + "\n"
