@@ -127,6 +127,9 @@ class CrossModalConfig(_Frozen):
     modality_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # share of pairs with one side hidden per step
     augment: bool = True  # random flip, zoom, shift, brightness of the training images
     seed: int = 0  # init, shuffling, augmentation and dropout
+    threads: int = Field(
+        0, ge=0
+    )  # torch CPU threads of the training (0: half the cores; it runs beside frames)
 
     @model_validator(mode="after")
     def _checks(self) -> CrossModalConfig:

@@ -41,6 +41,7 @@ from features.config import EmbeddingsConfig
 from features.embeddings import image_array
 from models import crossmodal
 from models.config import CrossModalConfig
+from models.device import cpu_threads
 from pipelines import io
 from pipelines.names import CROSSMODAL_FILE, CROSSMODAL_PAIRS, EMBEDDINGS
 
@@ -194,10 +195,11 @@ def fit(
     model = crossmodal.build_encoder(texts.shape[1], ccfg)
     warm = base is not None and crossmodal.warm_start_from(model, base)
     epochs = ccfg.warm_epochs if warm else ccfg.epochs
-    result = crossmodal.train_encoder(
-        model, torch.from_numpy(pixels), torch.from_numpy(np.ascontiguousarray(texts)), epochs=epochs,
-        device=device, warm_start=warm,
-    )  # fmt: skip
+    with cpu_threads(ccfg.threads) as threads:  # the frames stage runs beside it
+        result = crossmodal.train_encoder(
+            model, torch.from_numpy(pixels), torch.from_numpy(np.ascontiguousarray(texts)), epochs=epochs,
+            device=device, warm_start=warm,
+        )  # fmt: skip
     model.cpu()
     if not warm:
         info["warm_start_from"] = None
@@ -205,6 +207,7 @@ def fit(
         trained=True,
         train_pairs=int(len(pixels)),
         epochs=epochs,
+        threads=threads,
         seconds=round(result.seconds, 2),
         final_loss=round(result.losses[-1], 4) if result.losses else None,
         temperature=round(result.temperature, 4),
