@@ -131,8 +131,13 @@ def _committed_encoder(
     return model, meta, io.read_table(out, EMBEDDINGS, d, CROSSMODAL_PAIRS)
 
 
+RUN_ONLY = {"threads"}  # crossmodal settings of how the training runs, not of what it learns
+
+
 def _same_setup(meta: dict[str, Any], text_model: str, ccfg: CrossModalConfig) -> bool:
-    return meta.get("text_model") == text_model and meta.get("config") == ccfg.model_dump()
+    """The committed encoder was trained for this text model and these settings (`RUN_ONLY` aside)."""
+    saved = {k: v for k, v in (meta.get("config") or {}).items() if k not in RUN_ONLY}
+    return meta.get("text_model") == text_model and saved == ccfg.model_dump(exclude=RUN_ONLY)
 
 
 def fit(

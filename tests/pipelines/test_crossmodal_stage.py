@@ -139,6 +139,11 @@ def test_same_catalogue_next_day_reuses_the_encoder(day1, cfg: EmbeddingsConfig,
     # and a rerun of the same day finds its own encoder
     again = embed_items(data, out, d2, cfg, run_info(cfg, data), crossmodal_cfg=TINY, progress=False)
     assert again["image_model"] == first["image_model"] and again["crossmodal"]["trained"] is False
+    # another thread count is how the training runs, not what it learns: still reused
+    d3 = D1 + timedelta(days=2)
+    threads = TINY.model_copy(update={"threads": 1})
+    other = embed_items(data, out, d3, cfg, run_info(cfg, data), crossmodal_cfg=threads, progress=False)
+    assert other["image_model"] == first["image_model"] and other["crossmodal"]["trained"] is False
 
 
 def test_changed_item_warm_starts_and_changes_the_model_id(
