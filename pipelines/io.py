@@ -111,6 +111,16 @@ def event_files(data: Path) -> dict[date, list[Path]]:
     return out
 
 
+def input_files(data: Path, first: date, last: date) -> list[Path]:
+    """users.parquet, items.parquet and the Parquet files of every event partition of [first, last] present
+    under `data`: what a stage reading that date range reads (its cache key fingerprints them)."""
+    files = [users_path(data), items_path(data)]
+    for d, day_files in event_files(data).items():
+        if first <= d <= last:
+            files.extend(day_files)
+    return files
+
+
 def stray_event_dirs(data: Path) -> list[Path]:
     """Entries under events/ that are not dt=YYYY-MM-DD folders (reported by validation)."""
     root = events_root(data)

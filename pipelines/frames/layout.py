@@ -73,11 +73,7 @@ class Window:
     def input_files(self, data_dir: Path) -> list[Path]:
         """The input files a frames run of this window reads: users, items, the event files of every day
         of [history_from, eval_day] present under `data_dir`."""
-        files = [io.users_path(data_dir), io.items_path(data_dir)]
-        for d, day_files in io.event_files(data_dir).items():
-            if self.history_from <= d <= self.eval_day:
-                files.extend(day_files)
-        return files
+        return io.input_files(data_dir, self.history_from, self.eval_day)
 
 
 class FramesManifest(BaseModel):

@@ -61,12 +61,7 @@ def read_window(dt: date, lookback_days: int, cfg: FunnelConfig) -> tuple[date, 
 
 def input_files(data_dir: Path, dt: date, lookback_days: int, cfg: FunnelConfig) -> list[Path]:
     """The input files the funnel stage of D reads: users, items, the event files of `read_window`."""
-    first, last = read_window(dt, lookback_days, cfg)
-    files = [io.users_path(data_dir), io.items_path(data_dir)]
-    for d, day_files in io.event_files(data_dir).items():
-        if first <= d <= last:
-            files.extend(day_files)
-    return files
+    return io.input_files(data_dir, *read_window(dt, lookback_days, cfg))
 
 
 def load_inputs(data_dir: Path, out: Path, dt: date, first: date, last: date, cfg: FunnelConfig) -> Inputs:
