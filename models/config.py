@@ -88,8 +88,11 @@ class RankerConfig(_Frozen):
     use_text: bool = True  # the items' text embedding as an input (when embeddings/dt=D is committed)
     use_image: bool = True  # the items' image embedding as an input
     content_affinity: bool = (
-        True  # per modality, cos(user's history items, item) as an input (pipelines.batches)
+        True  # per modality, cos(user's history items, item) as inputs (pipelines.batches)
     )
+    # with content_affinity: the width K per modality of the learned affinity (models.ranker.LearnedAffinity;
+    # 0: the fixed cosines only)
+    affinity_rank: int = Field(16, ge=0)
     warm_start: bool = True
     prefetch_batches: int = Field(0, ge=0)  # training batches read ahead by a thread (0: none)
 

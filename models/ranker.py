@@ -123,6 +123,32 @@ class ModalityGate(nn.Module):
         return mask.unsqueeze(1).to(p.dtype) * g * p  # (B, D)
 
 
+class LearnedAffinity(nn.Module):
+    """A learned similarity between the user's history and the item, per modality: (P p) * (P e), [B, K].
+
+    p [B, Dm] is the mean unit vector of the user's other history items (`batch["profile"]`, see
+    pipelines.batches.content_affinity), e = x / |x| the item's own unit vector, P a [K, Dm] projection
+    learnt with the ranker; the K products are a rank-K bilinear form p^T P^T diag(.) P e, so the model can
+    weigh the few directions that carry a preference (a word of the titles, a pattern of the photos) that a
+    plain cosine drowns among the rest (P = I summed gives the mean cosine back). Zero when the item lacks
+    the modality or no other history item has it.
+    """
+
+    def __init__(self, dims: tuple[int, ...], rank: int) -> None:
+        super().__init__()
+        self.dims = tuple(d for d in dims if d > 0)
+        self.proj = nn.ModuleList(nn.Linear(d, rank, bias=False) for d in self.dims)
+        self.out_dim = rank * len(self.dims)
+
+    def forward(self, profile: torch.Tensor, items: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """profile: [B, sum Dm] float32; items: per modality (x [B, Dm], has [B]). Returns [B, K * M]."""
+        parts = []
+        for proj, p, (x, has) in zip(self.proj, profile.split(self.dims, dim=1), items, strict=True):
+            e = nn.functional.normalize(x, dim=1) * has.unsqueeze(1).to(x.dtype)  # (B, Dm)
+            parts.append(proj(p) * proj(e))  # (B, K)
+        return torch.cat(parts, dim=1)
+
+
 class Fused(NamedTuple):
     """What the input block hands to the model: x0 and, for `Fusion.combine`, the tokens and their flags."""
 
@@ -147,6 +173,7 @@ class InputBlock(nn.Module):
         fusion: str = "concat",
         fusion_heads: int = 2,
         n_affinity: int = 0,
+        affinity_rank: int = 0,
     ) -> None:
         super().__init__()
         if hist_field is not None and hist_field not in layout.names:
@@ -165,12 +192,19 @@ class InputBlock(nn.Module):
         self.text = ModalityGate(text_dim, field_dim) if text_dim > 0 else None
         self.image = ModalityGate(image_dim, field_dim) if image_dim > 0 else None
         self.text_dim, self.image_dim = text_dim, image_dim
+        # the learned affinity reads `profile` beside `affinity` (both come with the spec's affinity)
+        self.learned = (
+            LearnedAffinity((text_dim, image_dim), affinity_rank)
+            if n_affinity and affinity_rank and (text_dim or image_dim)
+            else None
+        )
         ids_dim = (
             self.n_fields * field_dim
             + (field_dim if hist_field is not None else 0)
             + n_counts
             + n_numeric
             + n_affinity
+            + (self.learned.out_dim if self.learned is not None else 0)
         )
         self.fusion = build_fusion(
             fusion,
@@ -228,6 +262,14 @@ class InputBlock(nn.Module):
             parts.append(_require(batch, "numeric", self.n_numeric, "ranker").float())  # (B, M)
         if self.n_affinity:
             parts.append(_require(batch, "affinity", self.n_affinity, "ranker").float())  # (B, A)
+        if self.learned is not None:
+            profile = _require(batch, "profile", sum(self.learned.dims), "ranker").float()  # (B, Dt + Di)
+            own = [
+                (_require(batch, key, width, "ranker").float(), batch.get(f"has_{key}", profile.new_ones(B)))
+                for key, width in (("text", self.text_dim), ("image", self.image_dim))
+                if width
+            ]
+            parts.append(self.learned(profile, own))  # (B, K * M)
         ids = torch.cat(parts, dim=1)  # (B, Di)
         tokens, present = [], []
         for key, width, gate in (("text", self.text_dim, self.text), ("image", self.image_dim, self.image)):
@@ -390,7 +432,8 @@ def build_ranker(
 
     `hist_field` names the layout field whose buckets fill `hist` (None: no history input); `n_counts`,
     `n_numeric`, `text_dim`, `image_dim`, `n_affinity` are the widths of those batch entries (0 = not used;
-    `affinity` [B, A]: the content affinity of the user's history to the item, `pipelines.batches`). LR and FM
+    `affinity` [B, A]: the content affinity of the user's history to the item, `pipelines.batches`; with it
+    and cfg.affinity_rank > 0 the model also reads `profile` [B, Dt + Di] through `LearnedAffinity`). LR and FM
     read the hashed fields, counts and numeric only. With `seed` the initial weights are drawn from that seed
     without touching the global RNG.
 
@@ -419,6 +462,7 @@ def build_ranker(
             inputs = InputBlock(
                 layout, cfg.field_dim, hist_field, n_counts, n_numeric, text_dim, image_dim,
                 fusion=cfg.fusion, fusion_heads=cfg.fusion_heads, n_affinity=n_affinity,
+                affinity_rank=cfg.affinity_rank,
             )  # fmt: skip
             model = DCNRanker(cfg, inputs)
     model.build_args = {

@@ -526,8 +526,10 @@ def load_checkpoint(path: Path | str) -> tuple[nn.Module, dict[str, Any]]:
     path = Path(path)
     payload = _read(path)
     meta = payload["meta"]
+    config = dict(meta["config"])
+    config.setdefault("affinity_rank", 0)  # checkpoints written before the learned affinity had none
     model = build_ranker(
-        RankerConfig.model_validate(meta["config"]),
+        RankerConfig.model_validate(config),
         FieldLayout(tuple(meta["layout"]["names"]), tuple(meta["layout"]["sizes"])),
         meta["hist_field"],
         meta["n_counts"],

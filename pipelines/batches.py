@@ -8,7 +8,7 @@ The frames stage writes one partition per run date (docs/frames.md); the models 
     cnt_<w>d     -> counts  [B, C] float32 (log1p of the counts)
     num_*        -> numeric [B, M] float32 (already standardised by the frames stage)
     item_idx     -> text / has_text / image / has_image, gathered from ItemContent
-    hist + item_idx -> affinity [B, A] float32 (when the spec asks): `content_affinity`
+    hist + item_idx -> affinity [B, A], profile [B, Dt + Di] float32 (when the spec asks): `content_affinity`
     label        -> label   [B] float32
 
 Files are read with pyarrow's `iter_batches`, so memory is bounded by the batch size (plus the shuffle
@@ -63,10 +63,11 @@ class ItemContent:
 
     @property
     def affinity_dim(self) -> int:
-        """A: the columns `content_affinity` gives (one per modality of non-zero width; 0 without a map)."""
+        """A: the affinity columns `content_affinity` gives (AFFINITY_PER_MODALITY per modality of non-zero
+        width; 0 without a map)."""
         if self.item_of_bucket is None:
             return 0
-        return int(self.text_dim > 0) + int(self.image_dim > 0)
+        return AFFINITY_PER_MODALITY * (int(self.text_dim > 0) + int(self.image_dim > 0))
 
     def only(self, *, text: bool = True, image: bool = True) -> ItemContent:
         """This content with a modality dropped: its matrix gets width 0 and its mask 0 (the model built for
@@ -81,26 +82,49 @@ class ItemContent:
         )
 
 
-def content_affinity(hist: np.ndarray, items: np.ndarray, content: ItemContent) -> np.ndarray:
-    """How close an item's content is to what the user chose before: [B, A] float32.
+AFFINITY_PER_MODALITY = 3  # columns of `content_affinity` per modality: cos of the sum, mean cos, max cos
 
-    For each modality m (text, then image; those of non-zero width): the cosine between the item's own
-    vector and the sum of the vectors of the user's other history items (``cos(sum_l e_m(h_l), e_m(i))``
-    over h_l != i, i.e. the mean direction of the history), 0 when the item lacks m or no other history item
-    has it. The item itself is left out of the history so that the number says how close its content is to
-    the user's other choices, not that the user chose it before (the ids already say that). hist [B, L] int64
+
+def _unit(matrix: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm; zero rows stay zero. [N, D] float32."""
+    norm = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return (matrix / np.maximum(norm, 1e-12)).astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class HistoryContent:
+    """What the content of a user's other history items says about an item (`content_affinity`)."""
+
+    affinity: np.ndarray  # [B, A] float32, A = AFFINITY_PER_MODALITY per modality of non-zero width
+    profile: np.ndarray  # [B, Dt + Di] float32: per modality, the mean unit vector of those history items
+
+
+def content_affinity(hist: np.ndarray, items: np.ndarray, content: ItemContent) -> HistoryContent:
+    """How close an item's content is to what the user chose before.
+
+    For each modality m (text, then image; those of non-zero width), over the user's other history items
+    h_l that have m (h_l != i):
+      * affinity: cos(sum_l e_m(h_l), e_m(i)) (the mean direction of the history), the mean of
+        cos(e_m(h_l), e_m(i)) (how much of the history is like the item) and their max (the closest single
+        item); 0 when the item lacks m or no other history item has it;
+      * profile: the mean of the unit vectors e_m(h_l) / |e_m(h_l)| ([B, Dm], zeros when none), for the
+        ranker's learned affinity (`models.ranker.LearnedAffinity`), which weighs the dimensions that matter
+        instead of all alike.
+    The item itself is left out of the history so that the numbers say how close its content is to the
+    user's other choices, not that the user chose it before (the ids already say that). hist [B, L] int64
     holds item_id buckets (0 = padding), mapped to catalogue items by `content.item_of_bucket`; items [B]
     int64 are item_idx. A preference only the content shows (a pattern drawn in the photos, a word of the
-    titles) then reaches the ranker as a number it can weigh, for items no one has chosen yet too.
+    titles) then reaches the ranker as numbers it can weigh, for items no one has chosen yet too.
 
     >>> c = ItemContent(np.eye(2, dtype=np.float32), np.ones(2, np.float32), np.zeros((2, 0), np.float32),
     ...                 np.zeros(2, np.float32), item_of_bucket=np.array([-1, 0, 1]))
-    >>> content_affinity(np.array([[1, 2, 0], [1, 0, 0], [0, 0, 0]]), np.array([0, 1, 1]), c).tolist()
-    [[0.0], [0.0], [0.0]]
+    >>> content_affinity(np.array([[1, 2, 0], [1, 0, 0], [0, 0, 0]]), np.array([0, 1, 1]), c).affinity.tolist()
+    [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
     >>> c2 = ItemContent(np.array([[1.0, 0.0], [0.6, 0.8]], np.float32), np.ones(2, np.float32),
     ...                  np.zeros((2, 0), np.float32), np.zeros(2, np.float32), item_of_bucket=np.array([-1, 0, 1]))
-    >>> [round(x, 6) for x in content_affinity(np.array([[1, 2]]), np.array([1]), c2)[:, 0].tolist()]
-    [0.6]
+    >>> h = content_affinity(np.array([[1, 2]]), np.array([1]), c2)
+    >>> [round(x, 6) for x in h.affinity[0].tolist()], h.profile.tolist()
+    ([0.6, 0.6, 0.6], [[1.0, 0.0]])
     """
     if content.item_of_bucket is None:
         raise ValueError(
@@ -110,17 +134,28 @@ def content_affinity(hist: np.ndarray, items: np.ndarray, content: ItemContent) 
     rows = np.where(hist > 0, content.item_of_bucket[bucket], -1)  # (B, L)
     known = (rows >= 0) & (rows != items[:, None])  # the item itself is left out: content, not a repeat
     safe = np.where(known, rows, 0)
-    cols = []
+    cols, profiles = [], []
     for matrix, has in ((content.text, content.has_text), (content.image, content.has_image)):
         if matrix.shape[1] == 0:
             continue
         weight = (known & (has[safe] > 0)).astype(np.float32)  # (B, L)
-        profile = np.einsum("bl,bld->bd", weight, matrix[safe])  # (B, Dm)
-        own = matrix[items] * (has[items] > 0)[:, None]  # (B, Dm)
+        n = weight.sum(1)  # (B,)
+        unit = _unit(matrix)
+        hist_vec = unit[safe]  # (B, L, Dm)
+        own = unit[items] * (has[items] > 0)[:, None]  # (B, Dm)
+        profile = np.einsum("bl,bld->bd", weight, hist_vec) / np.maximum(n, 1)[:, None]  # (B, Dm)
         dot = (profile * own).sum(1)
         norm = np.linalg.norm(profile, axis=1) * np.linalg.norm(own, axis=1)
         cols.append(np.where(norm > 0, dot / np.maximum(norm, 1e-12), 0.0))
-    return np.stack(cols, axis=1).astype(np.float32) if cols else np.zeros((len(items), 0), np.float32)
+        sims = np.einsum("bld,bd->bl", hist_vec, own)  # (B, L)
+        cols.append(dot)  # the mean of the cosines: the profile is the mean of unit vectors
+        cols.append(np.where(n > 0, np.where(weight > 0, sims, -1.0).max(1), 0.0) * (has[items] > 0))
+        profiles.append(profile.astype(np.float32))
+    b = len(items)
+    return HistoryContent(
+        affinity=np.stack(cols, axis=1).astype(np.float32) if cols else np.zeros((b, 0), np.float32),
+        profile=np.concatenate(profiles, axis=1) if profiles else np.zeros((b, 0), np.float32),
+    )
 
 
 def load_vocab(out: Path, dt: date) -> Vocab:
@@ -193,7 +228,8 @@ class BatchSpec:
     hist_len: int  # 0: no hist; else hist [B, L]
     item_content: bool  # gather text/image by item_idx
     label: bool  # label -> label [B] float32
-    affinity: bool = False  # affinity [B, A] from hist and item_idx (needs hist_len and item_content)
+    # affinity [B, A] and profile [B, Dt + Di] from hist and item_idx (needs hist_len and item_content)
+    affinity: bool = False
 
     def layout(self, vocab: Vocab) -> FieldLayout:
         sizes = vocab.vocab_sizes()
@@ -276,7 +312,9 @@ def _arrow_to_batch(table: pa.Table | pa.RecordBatch, spec: BatchSpec, content: 
         batch["image"] = torch.from_numpy(content.image[idx])  # (B, Di)
         batch["has_image"] = torch.from_numpy(content.has_image[idx])
         if spec.affinity:
-            batch["affinity"] = torch.from_numpy(content_affinity(batch["hist"].numpy(), idx, content))
+            near = content_affinity(batch["hist"].numpy(), idx, content)
+            batch["affinity"] = torch.from_numpy(near.affinity)  # (B, A)
+            batch["profile"] = torch.from_numpy(near.profile)  # (B, Dt + Di)
     if spec.label:
         batch["label"] = torch.from_numpy(np_col("label", np.float32))
     if not batch:

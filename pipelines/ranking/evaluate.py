@@ -87,7 +87,7 @@ def evaluate_split(
 
 
 def importance_fields(spec: BatchSpec) -> dict[str, tuple[str, int | None]]:
-    """Permutation-importance groups: each hashed field, hist, counts, numeric, text, image."""
+    """Permutation-importance groups: each hashed field, hist, counts, numeric, text, image, affinity, profile."""
     fields: dict[str, tuple[str, int | None]] = dict(sparse_fields(spec.fields))
     if spec.hist_len:
         fields["hist"] = ("hist", None)
@@ -100,6 +100,7 @@ def importance_fields(spec: BatchSpec) -> dict[str, tuple[str, int | None]]:
         fields["image"] = ("image", None)
     if spec.affinity:
         fields["affinity"] = ("affinity", None)
+        fields["profile"] = ("profile", None)  # what the learned affinity reads (unused without it)
     return fields
 
 

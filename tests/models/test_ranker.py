@@ -259,3 +259,45 @@ def test_affinity_input_widens_the_ids_block_and_survives_a_checkpoint(tmp_path)
     loaded, meta = load_checkpoint(path)
     assert meta["n_affinity"] == 2
     torch.testing.assert_close(loaded(batch), net(batch))
+
+
+def test_learned_affinity_reads_the_profile_and_weighs_its_directions(tmp_path):
+    from models.ranker import LearnedAffinity
+    from models.train import load_checkpoint, save_checkpoint
+
+    # P = I: the products summed are the mean cosine of the history (the profile is a mean of unit vectors)
+    la = LearnedAffinity((2, 0), rank=2)
+    with torch.no_grad():
+        la.proj[0].weight.copy_(torch.eye(2))
+    profile = torch.tensor([[0.5, 0.5], [1.0, 0.0], [0.0, 0.0]])
+    x = torch.tensor([[3.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    out = la(profile, [(x, torch.tensor([1.0, 1.0, 1.0]))])
+    assert out.shape == (3, 2)
+    torch.testing.assert_close(out.sum(1), torch.tensor([0.5, 0.0, 0.0]))
+    assert la(profile, [(x, torch.tensor([0.0, 1.0, 1.0]))])[0].abs().sum() == 0  # no text: zero
+
+    cfg = RankerConfig(field_dim=4, rank=4, experts=2, mlp=[8], cross_layers=1, affinity_rank=3)
+    layout = FieldLayout(("user", "item_id"), (5, 9))
+    fixed = build_ranker(cfg.model_copy(update={"affinity_rank": 0}), layout, text_dim=3, image_dim=2, n_affinity=6)
+    net = build_ranker(cfg, layout, text_dim=3, image_dim=2, n_affinity=6, seed=0)
+    assert net.inputs.out_dim == fixed.inputs.out_dim + 2 * 3
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "sparse": torch.tensor([[1, 2], [3, 4]]),
+        "affinity": torch.rand(2, 6, generator=g),
+        "text": torch.rand(2, 3, generator=g),
+        "image": torch.rand(2, 2, generator=g),
+        "profile": torch.rand(2, 5, generator=g),
+    }
+    net.eval()
+    with pytest.raises(ValueError, match="profile"):
+        net({k: v for k, v in batch.items() if k != "profile"})
+    path = save_checkpoint(tmp_path / "m.pt", net)
+    loaded, meta = load_checkpoint(path)
+    assert meta["config"]["affinity_rank"] == 3
+    torch.testing.assert_close(loaded(batch), net(batch))
+    # a checkpoint written before the learned affinity existed (no affinity_rank) rebuilds without it
+    old = build_ranker(cfg.model_copy(update={"affinity_rank": 0}), layout, text_dim=3, image_dim=2, n_affinity=6)
+    old.build_args["config"].pop("affinity_rank")
+    again, _ = load_checkpoint(save_checkpoint(tmp_path / "old.pt", old))
+    assert again.inputs.learned is None

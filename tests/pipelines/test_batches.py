@@ -196,19 +196,36 @@ def test_content_affinity_hand_worked():
     image = np.array([[1.0], [1.0], [0.0]])
     c = _content(text, image, [-1, 0, 1, 2])
     hist = np.array([[1, 1, 0], [1, 2, 0], [0, 0, 0], [3, 0, 0], [1, 3, 0]])
-    # profiles: e0; e0 + e1; none; item 2 (the item itself: left out -> none); e0 (item 2 left out)
+    # history (the item itself left out): e0 e0; e0 e1; none; none (only item 2 itself); e0
     items = np.array([2, 2, 0, 2, 2])
     got = B.content_affinity(hist, items, c)
-    assert got.shape == (5, 2)
-    assert got[:, 0] == pytest.approx([2**-0.5, 1.0, 0.0, 0.0, 2**-0.5], abs=1e-6)  # text
-    # image: item 2 has no image -> 0
-    assert got[:, 1] == pytest.approx([0.0] * 5, abs=1e-6)
-    assert B.content_affinity(np.array([[2, 0, 0]]), np.array([0]), c)[0, 1] == pytest.approx(1.0)
+    assert got.affinity.shape == (5, 2 * B.AFFINITY_PER_MODALITY) and got.profile.shape == (5, 3)
+    r = 2**-0.5
+    text_cols = got.affinity[:, :3]  # cos of the mean, mean cos, max cos
+    assert text_cols[:, 0] == pytest.approx([r, 1.0, 0.0, 0.0, r], abs=1e-6)
+    assert text_cols[:, 1] == pytest.approx([r, r, 0.0, 0.0, r], abs=1e-6)
+    assert text_cols[:, 2] == pytest.approx([r, r, 0.0, 0.0, r], abs=1e-6)
+    assert got.profile[:, :2] == pytest.approx(np.array([[1, 0], [0.5, 0.5], [0, 0], [0, 0], [1, 0]]), abs=1e-6)
+    # image: item 2 has no image -> 0; the profile is still the history's (the model masks the item side)
+    assert got.affinity[:, 3:] == pytest.approx(np.zeros((5, 3)), abs=1e-6)
+    assert got.profile[:, 2] == pytest.approx([1.0, 1.0, 0.0, 0.0, 1.0], abs=1e-6)
+    one = B.content_affinity(np.array([[2, 0, 0]]), np.array([0]), c)
+    assert one.affinity[0, 3:] == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_content_affinity_mean_and_max_differ_from_the_cosine_of_the_mean():
+    # history: e0, e0, e1 against item e0: mean direction (2, 1)/sqrt 5 -> cos 2/sqrt 5; mean cos 2/3; max 1
+    c = _content(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]]), np.zeros((4, 0)), [-1, 0, 1, 2, 3])
+    got = B.content_affinity(np.array([[1, 3, 2]]), np.array([3]), c.only(image=False))
+    assert got.affinity[0].tolist() == pytest.approx([2 / 5**0.5, 2 / 3, 1.0], abs=1e-6)
+    assert got.profile[0].tolist() == pytest.approx([2 / 3, 1 / 3], abs=1e-6)
 
 
 def test_content_affinity_follows_the_kept_modalities():
     c = _content(np.eye(2), np.ones((2, 1)), [-1, 0, 1])
-    assert c.affinity_dim == 2
-    assert c.only(image=False).affinity_dim == 1
-    assert B.content_affinity(np.array([[1]]), np.array([0]), c.only(image=False)).shape == (1, 1)
+    k = B.AFFINITY_PER_MODALITY
+    assert c.affinity_dim == 2 * k
+    assert c.only(image=False).affinity_dim == k
+    got = B.content_affinity(np.array([[1]]), np.array([0]), c.only(image=False))
+    assert got.affinity.shape == (1, k) and got.profile.shape == (1, 2)
     assert c.only(text=False, image=False).affinity_dim == 0

@@ -18,7 +18,7 @@ from features.config import EmbeddingsConfig, FeaturesConfig
 from models.config import RankerConfig
 from models.train import load_checkpoint
 from pipelines import io
-from pipelines.batches import load_vocab
+from pipelines.batches import AFFINITY_PER_MODALITY, load_vocab
 from pipelines.config import Config, DataConfig, config_hash, config_to_dict
 from pipelines.datasets.synthetic import PRESETS, generate
 from pipelines.embedding import embed_items
@@ -73,9 +73,11 @@ def test_train_commits_checkpoint_and_metrics(world: dict, trained: dict) -> Non
     vocab = load_vocab(out, d1)
     importance = metrics["importance"]["auc_drop"]
     # every hashed field of all three sides is a model input, plus hist/counts/numeric/text/image and the
-    # content affinity of the history to the item (one column per modality)
-    assert set(vocab.names()) | {"hist", "counts", "numeric", "text", "image", "affinity"} == set(importance)
-    assert metrics["inputs"]["affinity"] and metrics["inputs"]["n_affinity"] == 2
+    # content affinity of the history to the item (three columns per modality) and the history's profile,
+    # which the learned affinity reads
+    groups = {"hist", "counts", "numeric", "text", "image", "affinity", "profile"}
+    assert set(vocab.names()) | groups == set(importance)
+    assert metrics["inputs"]["affinity"] and metrics["inputs"]["n_affinity"] == 2 * AFFINITY_PER_MODALITY
     assert len(metrics["cross_singular_values"]) == CFG.cross_layers
     spectrum = metrics["cross_singular_values"][0]["top"]
     assert spectrum == sorted(spectrum, reverse=True)
