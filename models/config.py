@@ -129,6 +129,10 @@ class CrossModalConfig(_Frozen):
     min_temperature: float = Field(0.01, gt=0.0)  # clamp of tau (CLIP: logits scaled by at most 100)
     modality_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # share of pairs with one side hidden per step
     augment: bool = True  # random flip, zoom, shift, brightness of the training images
+    # weight of the image-image term (two augmented views of a photo, models/crossmodal.py; 0: titles only,
+    # the default: docs/embeddings.md has the measurements)
+    image_loss_weight: float = Field(0.0, ge=0.0)
+    image_temperature: float = Field(0.1, gt=0.0)  # fixed tau of that term (SimCLR's)
     seed: int = 0  # init, shuffling, augmentation and dropout
     threads: int = Field(
         0, ge=0

@@ -9,11 +9,16 @@ than MiniLM plus the projection.
     z_img  = normalise(W_i . pool(CNN(x)))       x: [B, 3, S, S]      -> [B, D]
     z_text = normalise(W_t . t)                  t: [B, Dt] (frozen)  -> [B, D]
     loss   = symmetric_info_nce(z_img, z_text, tau, mask = has_image & has_text & ~dropped)
+           + w * symmetric_info_nce(z_img, z_img', tau_i, mask = has_image)      (image_loss_weight w)
 
 with tau a `LearnableTemperature` (CLIP, Radford et al. 2021: init 0.07, clamped to >= 0.01). Items missing
 one side are masked out of the loss; modality dropout hides one side of a further `modality_dropout` share of
 the pairs in each step (they leave the loss exactly like items without that side), so the training run
 exercises the same path a sparse catalogue takes and sees more varied sets of negatives.
+
+z_img' is a second augmented view of the same photos: the image-image term (SimCLR, Chen et al. 2020, beside
+the language term as in SLIP, Mu et al. 2021) keeps in the image vector what sets a photo apart from the
+others even when no title says it (a pattern, a cut), which the title term alone teaches the tower to drop.
 
 Everything is torch only: pixels come in as a uint8 tensor [N, S, S, 3] (the caller decodes the files).
 Training is deterministic for a seed (its own generator for init, shuffling and augmentation).
@@ -281,13 +286,19 @@ def train_encoder(
             if idx.numel() < 2:
                 continue  # one row has no negative
             mask = pair_mask(has_image[idx], has_text[idx], cfg.modality_dropout, gen).to(dev)  # (B,)
-            if int(mask.sum()) < 2:
+            pairs_on = int(mask.sum()) >= 2
+            photos_on = cfg.image_loss_weight > 0 and int(has_image[idx].sum()) >= 2
+            if not (pairs_on or photos_on):
                 continue  # nothing to contrast: no step (weight decay and batch-norm statistics stay put)
             x = pixels_to_input(pixels[idx])  # (B, 3, S, S)
             if cfg.augment:
                 x = augment(x, gen)
             z_img, z_text = model(x.to(dev), text_emb[idx].to(dev))  # (B, D) each
-            loss = symmetric_info_nce(z_img, z_text, model.temperature(), mask=mask)
+            loss = z_img.new_zeros(())
+            if pairs_on:
+                loss = loss + symmetric_info_nce(z_img, z_text, model.temperature(), mask=mask)
+            if photos_on:  # photos without a title take part here too
+                loss = loss + cfg.image_loss_weight * _image_term(model, pixels[idx], has_image[idx], z_img, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -301,6 +312,21 @@ def train_encoder(
     result.seconds = time.perf_counter() - start
     result.temperature = float(model.temperature().detach())
     return result
+
+
+def _image_term(
+    model: CrossModalEncoder, pixels: torch.Tensor, has_image: torch.Tensor, z_img: torch.Tensor,
+    gen: torch.Generator,
+) -> torch.Tensor:
+    """The image-image term (SimCLR's view against view, as in SLIP): z_img [B, D] of the step's view and
+    a second, independently augmented view of the same photos are a positive pair, the other photos of the
+    batch negatives, at the fixed temperature `cfg.image_temperature`. Rows without a photo are masked;
+    rows without a title take part. Returns a scalar."""
+    cfg = model.cfg
+    dev = z_img.device
+    mask = has_image.to(dev)  # (B,), at least two rows set (the caller checks)
+    other = model.image(augment(pixels_to_input(pixels), gen).to(dev))  # (B, D)
+    return symmetric_info_nce(z_img, other, torch.tensor(cfg.image_temperature, device=dev), mask=mask)
 
 
 @torch.inference_mode()

@@ -132,6 +132,27 @@ def test_items_missing_a_side_are_left_out() -> None:
     assert crossmodal.model_id(model2) == crossmodal.model_id(crossmodal.build_encoder(4, TINY))
 
 
+def test_image_term_trains_photos_without_titles_and_is_optional() -> None:
+    # two items have both sides (the title term runs), the other ten have photos only: the image-image term
+    # still trains the tower on them, so the weights differ from a titles-only run of the same seed
+    pixels, text, _ = _planted(3)
+    has_text = torch.tensor([True, True] + [False] * 10)
+
+    def run(weight: float) -> crossmodal.CrossModalEncoder:
+        model = crossmodal.build_encoder(4, TINY.model_copy(update={"image_loss_weight": weight}))
+        result = crossmodal.train_encoder(model, pixels, text, has_text=has_text)
+        assert result.steps > 0 and all(torch.isfinite(torch.tensor(result.losses)))
+        return model
+
+    assert crossmodal.model_id(run(0.5)) == crossmodal.model_id(run(0.5))  # seeded, second view included
+    assert crossmodal.model_id(run(0.5)) != crossmodal.model_id(run(0.0))
+    # the term alone: identical views of a batch give the lowest loss for a given temperature
+    model = crossmodal.build_encoder(4, TINY)
+    z = crossmodal.embed_images(model, pixels)
+    tau = torch.tensor(TINY.image_temperature)
+    assert symmetric_info_nce(z, z, tau) < symmetric_info_nce(z, z.roll(1, 0), tau)
+
+
 def test_train_checks_shapes() -> None:
     model = crossmodal.build_encoder(4, TINY)
     with pytest.raises(ValueError, match="text_emb"):
