@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/multimodal.py myntra [--data ../shared/data] [--seed 0] [--epochs 20]
         [--width 16] [--lr 2e-3] [--append docs/benchmarks.md]
     .venv/bin/python benchmarks/multimodal.py synthetic [--work /tmp/recsys-multimodal] [--epochs N]
-        [--only concat "no content"] [--append docs/benchmarks.md]
+        [--model-seeds 2] [--only concat "no content"] [--append docs/benchmarks.md]
 
 Parts (one subcommand each; a part is a function `part_<name>(args) -> markdown` registered in PARTS):
 
@@ -19,9 +19,11 @@ Parts (one subcommand each; a part is a function `part_<name>(args) -> markdown`
 * `synthetic`: synthetic medium with the content-only signals (a pattern drawn only into the image, a style
   word written only in the title; docs/synthetic-data.md). Embeddings (the cross-modal encoder included) and
   frames of D are built once; then per variant (each fusion strategy with text and image; no content, text
-  only, image only with the default fusion) the retriever, the pointwise ranker and the funnel are trained in
-  their own output folder: ranker AUC on D+1 with the permutation importance of text and image, the
-  two-tower lists' and the published lists' NDCG@10.
+  only, image only with the default fusion; the default without the learned affinity) the retriever, the
+  pointwise ranker and the funnel are trained in their own output folder: ranker AUC on D+1 (the mean over
+  `--model-seeds` model seeds, with each seed's figure: the data are the same, the initialisation and the
+  shuffling differ) with the permutation importance of text, image and the content affinity (first seed),
+  the two-tower lists' and the published lists' NDCG@10.
 
 Prints a markdown table; `--append FILE` appends it, with the command, to FILE. The MiniLM title vectors are
 kept in `--work` (keyed by the titles' hash) so a rerun with other encoder settings does not re-encode them.
@@ -124,6 +126,7 @@ def part_myntra(args: argparse.Namespace) -> str:
     cfg = CrossModalConfig(
         epochs=args.epochs, width=args.width, lr=args.lr, dim=args.dim, batch_size=args.batch_size,
         modality_dropout=args.modality_dropout, seed=args.seed, image_size=args.image_size, grid=args.grid,
+        image_loss_weight=args.image_loss_weight,
     )  # fmt: skip
     items, pixels, images = load_myntra(args.data, cfg.image_size)
     n = items.height
@@ -163,7 +166,7 @@ def part_myntra(args: argparse.Namespace) -> str:
         f"Myntra `fashion_product_images_small`: {n} photographed items with a title, {len(tr)} train / {h} "
         f"held-out (seed {args.seed}); encoder: width {cfg.width}, grid {cfg.grid}, D {cfg.dim}, {cfg.image_size}px, "
         f"{cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr}, augment {cfg.augment}, modality dropout "
-        f"{cfg.modality_dropout}; trained in {train_s:.0f} s on {args.threads} CPU threads (final loss "
+        f"{cfg.modality_dropout}, image-image term weight {cfg.image_loss_weight}; trained in {train_s:.0f} s on {args.threads} CPU threads (final loss "
         f"{result.losses[-1]:.3f}, tau {result.temperature:.3f}; alpha of the ridge {ridge.alpha_}).",
         "",
         f"| held-out ({h} items) | text->image R@{K} | image->text R@{K} | articleType purity@{PURITY_K} (image->image) |",
@@ -178,15 +181,16 @@ def part_myntra(args: argparse.Namespace) -> str:
 
 # ---------------------------------------------------------------- synthetic medium: fusion and content ablation
 
-# (name, fusion, use_text, use_image); the content ablations use the default fusion
-VARIANTS = (
-    ("concat", "concat", True, True),
-    ("late", "late", True, True),
-    ("attention", "attention", True, True),
-    ("cross_attention", "cross_attention", True, True),
-    ("no content", "concat", False, False),
-    ("text only", "concat", True, False),
-    ("image only", "concat", False, True),
+# (name, fusion, use_text, use_image, other ranker settings); the content ablations use the default fusion
+VARIANTS: tuple[tuple[str, str, bool, bool, dict[str, Any]], ...] = (
+    ("concat", "concat", True, True, {}),
+    ("late", "late", True, True, {}),
+    ("attention", "attention", True, True, {}),
+    ("cross_attention", "cross_attention", True, True, {}),
+    ("no content", "concat", False, False, {}),
+    ("text only", "concat", True, False, {}),
+    ("image only", "concat", False, True, {}),
+    ("concat, fixed affinity only", "concat", True, True, {"affinity_rank": 0}),
 )
 
 
@@ -216,8 +220,8 @@ def _synthetic_base(work: Path, seed: int) -> tuple[Path, Path, date]:
     return data, base, dt
 
 
-def _variant(data: Path, base: Path, dt: date, name: str, fusion: str, text: bool, image: bool, seed: int,
-             epochs: int | None) -> dict[str, Any]:  # fmt: skip
+def _variant(data: Path, base: Path, dt: date, name: str, fusion: str, text: bool, image: bool,
+             extra: dict[str, Any], seed: int, model_seeds: int, epochs: int | None) -> dict[str, Any]:  # fmt: skip
     """Retriever, ranker and funnel of one variant, in <base>/../<name>/ with the shared inputs linked."""
     from pipelines import io
     from pipelines.config import Config, DataConfig, config_hash, config_to_dict
@@ -237,14 +241,15 @@ def _variant(data: Path, base: Path, dt: date, name: str, fusion: str, text: boo
         update={"fusion": fusion, "use_text": text, "use_image": image, **epochs_over}
     )
     kcfg = cfg.ranker.model_copy(
-        update={"fusion": fusion, "use_text": text, "use_image": image, **epochs_over}
+        update={"fusion": fusion, "use_text": text, "use_image": image, **epochs_over, **extra}
     )
     cfg = cfg.model_copy(update={"retriever": rcfg, "ranker": kcfg})
     run = io.RunInfo.new(config_to_dict(cfg), config_hash(cfg), run_id=f"multimodal-{name}")
     t0 = time.perf_counter()
     retriever = train_retriever_stage(out, dt, rcfg, cfg.index, seed, "cpu", run)
     t1 = time.perf_counter()
-    ranker = train_and_evaluate(out, dt, kcfg, seed, "cpu").metrics
+    rankers = [train_and_evaluate(out, dt, kcfg, seed + k, "cpu").metrics for k in range(model_seeds)]
+    ranker = rankers[0]
     t2 = time.perf_counter()
     funnel = funnel_stage(
         data, out, dt, cfg.funnel, cfg.ranker, list(cfg.sampling.positive_events), lookback_days(cfg.data),
@@ -254,13 +259,16 @@ def _variant(data: Path, base: Path, dt: date, name: str, fusion: str, text: boo
     split = "eval" if "eval" in ranker else "valid"
     drop = (ranker.get("importance") or {}).get("auc_drop") or {}
     ev = funnel.get("eval") or {}
+    aucs = [r[split]["auc"] for r in rankers]
     return {
         "variant": name,
-        "ranker_auc": ranker[split]["auc"],
+        "ranker_auc": float(np.mean(aucs)),
+        "ranker_auc_seeds": aucs,
         "auc_split": split,
         "importance_text": drop.get("text"),
         "importance_image": drop.get("image"),
         "importance_affinity": drop.get("affinity"),
+        "importance_profile": drop.get("profile"),
         "retriever_recall@50": retriever.get("eval_recall@50"),
         "two_tower_ndcg@10": (ev.get("two_tower") or {}).get("ndcg@10"),
         "funnel_ndcg@10": (ev.get("published") or {}).get("ndcg@10"),
@@ -269,13 +277,15 @@ def _variant(data: Path, base: Path, dt: date, name: str, fusion: str, text: boo
     }
 
 
-def synthetic(work: Path, seed: int, epochs: int | None, only: list[str] | None) -> list[dict[str, Any]]:
+def synthetic(
+    work: Path, seed: int, model_seeds: int, epochs: int | None, only: list[str] | None
+) -> list[dict[str, Any]]:
     data, base, dt = _synthetic_base(work, seed)
     rows = []
-    for name, fusion, text, image in VARIANTS:
+    for name, fusion, text, image, extra in VARIANTS:
         if only and name not in only:
             continue
-        row = _variant(data, base, dt, name, fusion, text, image, seed, epochs)
+        row = _variant(data, base, dt, name, fusion, text, image, extra, seed, model_seeds, epochs)
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
@@ -287,16 +297,19 @@ def synthetic_table(rows: list[dict[str, Any]]) -> str:
 
     none = next((r["ranker_auc"] for r in rows if r["variant"] == "no content"), None)
     lines = [
-        "| variant | ranker AUC | vs no content | AUC drop: text | AUC drop: image | AUC drop: affinity "
-        "| two-tower NDCG@10 | funnel NDCG@10 (published) | seconds (retriever, ranker, funnel) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| variant | ranker AUC (mean) | per seed | vs no content | AUC drop: text | AUC drop: image "
+        "| AUC drop: affinity | AUC drop: profile | two-tower NDCG@10 | funnel NDCG@10 (published) "
+        "| seconds (retriever, rankers, funnel) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         delta = "" if none is None else f"{r['ranker_auc'] - none:+.4f}"
         s = r["seconds"]
+        seeds = ", ".join(f"{a:.4f}" for a in r.get("ranker_auc_seeds", [r["ranker_auc"]]))
         lines.append(
-            f"| {r['variant']} | {f(r['ranker_auc'])} | {delta} | {f(r['importance_text'])} "
-            f"| {f(r['importance_image'])} | {f(r.get('importance_affinity'))} | {f(r['two_tower_ndcg@10'])} "
+            f"| {r['variant']} | {f(r['ranker_auc'])} | {seeds} | {delta} | {f(r['importance_text'])} "
+            f"| {f(r['importance_image'])} | {f(r.get('importance_affinity'))} "
+            f"| {f(r.get('importance_profile'))} | {f(r['two_tower_ndcg@10'])} "
             f"| {f(r['funnel_ndcg@10'])} "
             f"| {s['retriever']}, {s['ranker']}, {s['funnel']} |"
         )
@@ -305,10 +318,11 @@ def synthetic_table(rows: list[dict[str, Any]]) -> str:
 
 def part_synthetic(args: argparse.Namespace) -> str:
     torch.set_num_threads(args.threads)
-    rows = synthetic(args.work / "synthetic-medium", args.seed, args.epochs, args.only)
+    rows = synthetic(args.work / "synthetic-medium", args.seed, args.model_seeds, args.epochs, args.only)
     return (
         f"Synthetic medium with the content-only signals (docs/synthetic-data.md; content_signal 1.0), D = the "
-        f"day before the last 3, seed {args.seed}, {args.threads} CPU threads; ranker AUC on frames eval "
+        f"day before the last 3, seed {args.seed} (ranker: model seeds {args.seed}..{args.seed + args.model_seeds - 1}), "
+        f"{args.threads} CPU threads; ranker AUC on frames eval "
         f"(D+1), permutation importance = AUC drop when the modality is shuffled; funnel NDCG@10 of the "
         f"published lists over D+1..D+3 (every returning user).\n\n" + synthetic_table(rows)
     )
@@ -332,6 +346,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=CrossModalConfig().lr)
     p.add_argument("--batch-size", type=int, default=CrossModalConfig().batch_size)
     p.add_argument("--modality-dropout", type=float, default=CrossModalConfig().modality_dropout)
+    p.add_argument("--image-loss-weight", type=float, default=CrossModalConfig().image_loss_weight)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--append", type=Path, default=None, help="append the table and the command to this file")
     q = sub.add_parser(
@@ -342,6 +357,7 @@ def main() -> None:
     q.add_argument(
         "--epochs", type=int, default=None, help="epochs of the retriever and ranker (default: config)"
     )
+    q.add_argument("--model-seeds", type=int, default=2, help="ranker trainings per variant (seed, seed+1, ...)")
     q.add_argument("--only", nargs="*", default=None, help="run only these variants (names as in the table)")
     q.add_argument("--threads", type=int, default=2)
     q.add_argument("--append", type=Path, default=None, help="append the table and the command to this file")
