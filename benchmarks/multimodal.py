@@ -357,7 +357,9 @@ def main() -> None:
     q.add_argument(
         "--epochs", type=int, default=None, help="epochs of the retriever and ranker (default: config)"
     )
-    q.add_argument("--model-seeds", type=int, default=2, help="ranker trainings per variant (seed, seed+1, ...)")
+    q.add_argument(
+        "--model-seeds", type=int, default=2, help="ranker trainings per variant (seed, seed+1, ...)"
+    )
     q.add_argument("--only", nargs="*", default=None, help="run only these variants (names as in the table)")
     q.add_argument("--threads", type=int, default=2)
     q.add_argument("--append", type=Path, default=None, help="append the table and the command to this file")

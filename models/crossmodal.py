@@ -298,7 +298,9 @@ def train_encoder(
             if pairs_on:
                 loss = loss + symmetric_info_nce(z_img, z_text, model.temperature(), mask=mask)
             if photos_on:  # photos without a title take part here too
-                loss = loss + cfg.image_loss_weight * _image_term(model, pixels[idx], has_image[idx], z_img, gen)
+                loss = loss + cfg.image_loss_weight * _image_term(
+                    model, pixels[idx], has_image[idx], z_img, gen
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -315,7 +317,10 @@ def train_encoder(
 
 
 def _image_term(
-    model: CrossModalEncoder, pixels: torch.Tensor, has_image: torch.Tensor, z_img: torch.Tensor,
+    model: CrossModalEncoder,
+    pixels: torch.Tensor,
+    has_image: torch.Tensor,
+    z_img: torch.Tensor,
     gen: torch.Generator,
 ) -> torch.Tensor:
     """The image-image term (SimCLR's view against view, as in SLIP): z_img [B, D] of the step's view and

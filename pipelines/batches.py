@@ -17,6 +17,7 @@ buffer), never by the size of the frame.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -36,6 +37,11 @@ from pipelines.frames import layout as frames
 from pipelines.names import EMBEDDINGS, FRAMES
 
 SHUFFLE_BUFFER_BATCHES = 16  # rows shuffled together: this many batches (bounded memory)
+
+
+def _inv_norm(matrix: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(matrix, axis=1)
+    return np.where(norm > 0, 1.0 / np.maximum(norm, 1e-12), 0.0).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,16 @@ class ItemContent:
     def __len__(self) -> int:
         return int(self.text.shape[0])
 
+    @functools.cached_property
+    def text_inv_norm(self) -> np.ndarray:
+        """[N] float32: 1 / |text row| (0 for a zero row), computed once for `content_affinity`."""
+        return _inv_norm(self.text)
+
+    @functools.cached_property
+    def image_inv_norm(self) -> np.ndarray:
+        """[N] float32: 1 / |image row| (0 for a zero row)."""
+        return _inv_norm(self.image)
+
     @property
     def affinity_dim(self) -> int:
         """A: the affinity columns `content_affinity` gives (AFFINITY_PER_MODALITY per modality of non-zero
@@ -83,12 +99,6 @@ class ItemContent:
 
 
 AFFINITY_PER_MODALITY = 3  # columns of `content_affinity` per modality: cos of the sum, mean cos, max cos
-
-
-def _unit(matrix: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm; zero rows stay zero. [N, D] float32."""
-    norm = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return (matrix / np.maximum(norm, 1e-12)).astype(np.float32, copy=False)
 
 
 @dataclass(frozen=True)
@@ -135,19 +145,21 @@ def content_affinity(hist: np.ndarray, items: np.ndarray, content: ItemContent) 
     known = (rows >= 0) & (rows != items[:, None])  # the item itself is left out: content, not a repeat
     safe = np.where(known, rows, 0)
     cols, profiles = [], []
-    for matrix, has in ((content.text, content.has_text), (content.image, content.has_image)):
+    for matrix, has, inv_norm in (
+        (content.text, content.has_text, content.text_inv_norm),
+        (content.image, content.has_image, content.image_inv_norm),
+    ):
         if matrix.shape[1] == 0:
             continue
         weight = (known & (has[safe] > 0)).astype(np.float32)  # (B, L)
         n = weight.sum(1)  # (B,)
-        unit = _unit(matrix)
-        hist_vec = unit[safe]  # (B, L, Dm)
-        own = unit[items] * (has[items] > 0)[:, None]  # (B, Dm)
-        profile = np.einsum("bl,bld->bd", weight, hist_vec) / np.maximum(n, 1)[:, None]  # (B, Dm)
+        rows_m, scale = matrix[safe], inv_norm[safe]  # (B, L, Dm) as stored, (B, L) their 1 / norms
+        own = matrix[items] * (inv_norm[items] * (has[items] > 0))[:, None]  # (B, Dm)
+        profile = np.matmul((weight * scale)[:, None, :], rows_m)[:, 0] / np.maximum(n, 1)[:, None]  # (B, Dm)
         dot = (profile * own).sum(1)
         norm = np.linalg.norm(profile, axis=1) * np.linalg.norm(own, axis=1)
         cols.append(np.where(norm > 0, dot / np.maximum(norm, 1e-12), 0.0))
-        sims = np.einsum("bld,bd->bl", hist_vec, own)  # (B, L)
+        sims = np.matmul(rows_m, own[:, :, None])[:, :, 0] * scale  # (B, L) cosines
         cols.append(dot)  # the mean of the cosines: the profile is the mean of unit vectors
         cols.append(np.where(n > 0, np.where(weight > 0, sims, -1.0).max(1), 0.0) * (has[items] > 0))
         profiles.append(profile.astype(np.float32))

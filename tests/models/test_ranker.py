@@ -278,7 +278,9 @@ def test_learned_affinity_reads_the_profile_and_weighs_its_directions(tmp_path):
 
     cfg = RankerConfig(field_dim=4, rank=4, experts=2, mlp=[8], cross_layers=1, affinity_rank=3)
     layout = FieldLayout(("user", "item_id"), (5, 9))
-    fixed = build_ranker(cfg.model_copy(update={"affinity_rank": 0}), layout, text_dim=3, image_dim=2, n_affinity=6)
+    fixed = build_ranker(
+        cfg.model_copy(update={"affinity_rank": 0}), layout, text_dim=3, image_dim=2, n_affinity=6
+    )
     net = build_ranker(cfg, layout, text_dim=3, image_dim=2, n_affinity=6, seed=0)
     assert net.inputs.out_dim == fixed.inputs.out_dim + 2 * 3
     g = torch.Generator().manual_seed(0)
@@ -297,7 +299,9 @@ def test_learned_affinity_reads_the_profile_and_weighs_its_directions(tmp_path):
     assert meta["config"]["affinity_rank"] == 3
     torch.testing.assert_close(loaded(batch), net(batch))
     # a checkpoint written before the learned affinity existed (no affinity_rank) rebuilds without it
-    old = build_ranker(cfg.model_copy(update={"affinity_rank": 0}), layout, text_dim=3, image_dim=2, n_affinity=6)
+    old = build_ranker(
+        cfg.model_copy(update={"affinity_rank": 0}), layout, text_dim=3, image_dim=2, n_affinity=6
+    )
     old.build_args["config"].pop("affinity_rank")
     again, _ = load_checkpoint(save_checkpoint(tmp_path / "old.pt", old))
     assert again.inputs.learned is None

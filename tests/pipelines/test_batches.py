@@ -205,7 +205,9 @@ def test_content_affinity_hand_worked():
     assert text_cols[:, 0] == pytest.approx([r, 1.0, 0.0, 0.0, r], abs=1e-6)
     assert text_cols[:, 1] == pytest.approx([r, r, 0.0, 0.0, r], abs=1e-6)
     assert text_cols[:, 2] == pytest.approx([r, r, 0.0, 0.0, r], abs=1e-6)
-    assert got.profile[:, :2] == pytest.approx(np.array([[1, 0], [0.5, 0.5], [0, 0], [0, 0], [1, 0]]), abs=1e-6)
+    assert got.profile[:, :2] == pytest.approx(
+        np.array([[1, 0], [0.5, 0.5], [0, 0], [0, 0], [1, 0]]), abs=1e-6
+    )
     # image: item 2 has no image -> 0; the profile is still the history's (the model masks the item side)
     assert got.affinity[:, 3:] == pytest.approx(np.zeros((5, 3)), abs=1e-6)
     assert got.profile[:, 2] == pytest.approx([1.0, 1.0, 0.0, 0.0, 1.0], abs=1e-6)
@@ -215,7 +217,9 @@ def test_content_affinity_hand_worked():
 
 def test_content_affinity_mean_and_max_differ_from_the_cosine_of_the_mean():
     # history: e0, e0, e1 against item e0: mean direction (2, 1)/sqrt 5 -> cos 2/sqrt 5; mean cos 2/3; max 1
-    c = _content(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]]), np.zeros((4, 0)), [-1, 0, 1, 2, 3])
+    c = _content(
+        np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]]), np.zeros((4, 0)), [-1, 0, 1, 2, 3]
+    )
     got = B.content_affinity(np.array([[1, 3, 2]]), np.array([3]), c.only(image=False))
     assert got.affinity[0].tolist() == pytest.approx([2 / 5**0.5, 2 / 3, 1.0], abs=1e-6)
     assert got.profile[0].tolist() == pytest.approx([2 / 3, 1 / 3], abs=1e-6)
